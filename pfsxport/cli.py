@@ -1,0 +1,183 @@
+"""Command line: `pfsxport export`, `pfsxport task describe|cancel`, `pfsxport demo`.
+
+Exit codes are ExitCode (see the README). Under mpiexec/srun every rank runs `export`;
+only rank 0 prints the task id, progress and errors.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from . import __version__
+from .config import SCHEMA, ConfigError, default_state_dir, load, load_yaml
+from .errors import ExitCode, PfsxError, TaskError
+
+log = logging.getLogger("pfsxport")
+
+# command-line flag -> config key (None values are "not given" and leave the file's value)
+EXPORT_FLAGS = {
+    "fs_root": "fs_root", "repository": "repository", "report_path": "report_path",
+    "state_dir": "state_dir", "endpoint_url": "s3.endpoint_url", "region": "s3.region",
+    "profile": "s3.profile", "addressing_style": "s3.addressing_style", "checksum": "s3.checksum",
+    "max_object_size": "s3.max_object_size", "part_size": "transfer.part_size",
+    "multipart_threshold": "transfer.multipart_threshold", "stripe_size": "transfer.stripe_size",
+    "concurrency": "transfer.concurrency", "parts_in_flight": "transfer.parts_in_flight",
+    "lfs": "transfer.lfs", "progress": "progress.mode", "progress_interval": "progress.interval",
+    "file_system_id": "file_system_id",
+}
+
+
+def _setup_logging(rank: int = 0) -> None:
+    logging.basicConfig(stream=sys.stderr, format=f"pfsxport[{rank}] %(asctime)s %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S", level=logging.INFO if rank == 0 else logging.WARNING, force=True)
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pfsxport", description="Export a POSIX/Lustre tree to S3 the way "
+                                "FSx for Lustre data repositories do, in parallel over MPI.")
+    p.add_argument("--version", action="version", version=f"pfsxport {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    e = sub.add_parser("export", help="create an export task and run it now (every MPI rank runs this)")
+    e.add_argument("--config", help="YAML config file (see configs/); command-line options win")
+    e.add_argument("--fs-root", help="the file-system mount (or tree) that task paths are relative to")
+    e.add_argument("--repository", help="s3://BUCKET/PREFIX/ that the tree maps to")
+    e.add_argument("--report-path", help="s3://BUCKET/PREFIX for {TaskId}/failures.csv "
+                   "(default: s3://BUCKET/pfsxport-reports)")
+    e.add_argument("--state-dir", help="task records and reports (default: $PFSXPORT_STATE_DIR or ~/.pfsxport)")
+    e.add_argument("--endpoint-url", help="S3 endpoint (default: the boto3 chain, e.g. AWS_ENDPOINT_URL)")
+    e.add_argument("--region")
+    e.add_argument("--profile", help="AWS profile for credentials")
+    e.add_argument("--addressing-style", choices=["auto", "path", "virtual"])
+    e.add_argument("--checksum", choices=["auto", "crc32", "none"])
+    e.add_argument("--max-object-size", help="largest object the store takes (default 5TiB)")
+    e.add_argument("--part-size", help="target multipart part size, rounded up to the stripe size (default 16MiB)")
+    e.add_argument("--multipart-threshold", help="files above this go multipart (default 64MiB)")
+    e.add_argument("--stripe-size", help="stripe size when `lfs` is not available (default 1MiB)")
+    e.add_argument("--concurrency", help="small-file requests in flight per rank (default 32)")
+    e.add_argument("--parts-in-flight", help="multipart parts in flight per rank (default 8)")
+    e.add_argument("--lfs", help="path of `lfs`, 'auto' (PATH) or 'off'")
+    e.add_argument("--progress", choices=["auto", "bar", "log", "off"])
+    e.add_argument("--progress-interval", help="seconds between progress lines (default 10)")
+    e.add_argument("--file-system-id", help="fs-... id to record (default: derived from --fs-root)")
+    e.add_argument("paths", nargs="*", metavar="PATH", help="paths relative to --fs-root (default: all)")
+
+    t = sub.add_parser("task", help="describe or cancel tasks")
+    tsub = t.add_subparsers(dest="task_command", required=True)
+    for name, helptext in (("describe", "print tasks as FSx DescribeDataRepositoryTasks JSON"),
+                           ("cancel", "cancel a PENDING or EXECUTING task")):
+        c = tsub.add_parser(name, help=helptext)
+        c.add_argument("--state-dir")
+        c.add_argument("--config")
+        if name == "describe":
+            c.add_argument("task_ids", nargs="*", metavar="TASK_ID")
+            c.add_argument("--filter", action="append", default=[],
+                           help="Name=task-lifecycle,Values=EXECUTING,FAILED (repeatable)")
+        else:
+            c.add_argument("task_id", metavar="TASK_ID")
+
+    d = sub.add_parser("demo", help="start a local SeaweedFS, export a sample tree with mpiexec, show the result")
+    d.add_argument("--ranks", type=int, default=2)
+    d.add_argument("--workdir", help="keep the sample tree, state and server data here")
+    return p
+
+
+def _parse_filter(text: str) -> tuple[str, list[str]]:
+    parts = dict(kv.split("=", 1) for kv in _split_filter(text))
+    if "Name" not in parts or "Values" not in parts:
+        raise ConfigError(f"--filter {text!r}: expected Name=NAME,Values=V1,V2")
+    return parts["Name"], [v for v in parts["Values"].split(",") if v]
+
+
+def _split_filter(text: str) -> list[str]:
+    head, sep, values = text.partition(",Values=")
+    if not sep:
+        raise ConfigError(f"--filter {text!r}: expected Name=NAME,Values=V1,V2")
+    if "=" not in head:
+        raise ConfigError(f"--filter {text!r}: expected Name=NAME,Values=V1,V2")
+    return [head, "Values=" + values]
+
+
+def _state_dir(args) -> str:
+    if args.state_dir:
+        return args.state_dir
+    if args.config:
+        value = load_yaml(args.config).get("state_dir")
+        if value is not None:
+            try:
+                return SCHEMA["state_dir"](value)
+            except ValueError as e:
+                raise ConfigError(f"key 'state_dir' in {args.config}: {e}") from None
+    return default_state_dir()
+
+
+def _task(args) -> int:
+    from .state import StateDir, matches
+
+    state = StateDir(_state_dir(args))
+    if args.task_command == "cancel":
+        rec = state.request_cancel(args.task_id)
+        print(json.dumps({"Lifecycle": rec.lifecycle.value, "TaskId": rec.task_id}, indent=4))
+        return 0
+    filters = [_parse_filter(f) for f in args.filter]
+    if args.task_ids:
+        recs = [state.read(i) for i in args.task_ids]
+    else:
+        recs = list(state.all())
+    recs = [state.reap(r) for r in recs if matches(r, filters)]
+    recs.sort(key=lambda r: r.creation_time)
+    print(json.dumps({"DataRepositoryTasks": [r.to_fsx() for r in recs]}, indent=4, ensure_ascii=False))
+    return 0
+
+
+def _export(args) -> int:
+    from .parallel import World
+
+    world = World()
+    _setup_logging(world.rank)
+    cli = {key: getattr(args, flag) for flag, key in EXPORT_FLAGS.items()}
+    cli["paths"] = args.paths or None
+    try:
+        cfg = load(args.config, cli)
+    except PfsxError as e:
+        if world.rank == 0:
+            log.error("%s", e)
+        return e.exit_code
+    from .job import export
+
+    try:
+        return int(export(world, cfg))
+    except Exception:
+        log.exception("pfsxport crashed on rank %d of %d (%s)", world.rank, world.size, world.host)
+        if world.size > 1:
+            world.abort(ExitCode.INTERNAL)
+        return ExitCode.INTERNAL
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "export":
+            return _export(args)
+        _setup_logging()
+        if args.command == "task":
+            return _task(args)
+        if args.command == "demo":
+            from .demo import demo
+
+            return demo(args.ranks, args.workdir)
+    except TaskError as e:
+        print(f"pfsxport: {e}", file=sys.stderr)
+        return e.exit_code
+    except PfsxError as e:
+        print(f"pfsxport: error: {e}", file=sys.stderr)
+        return e.exit_code
+    return ExitCode.INTERNAL
+
+
+def console() -> None:
+    sys.exit(main())

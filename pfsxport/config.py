@@ -1,0 +1,266 @@
+"""YAML config and command-line options -> one validated ExportConfig.
+
+Owns PyYAML (the only module that imports it). Every error names the key and where it
+came from (the file, or the command line). The command line wins over the file.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .errors import ConfigError
+from .metadata import S3Url, parse_s3_url
+from .plan import S3_MAX_OBJECT, S3_MAX_PART, S3_MAX_PUT, S3_MIN_PART, MiB, parse_size
+
+MAX_TASK_PATHS = 100
+MAX_TASK_PATH_CHARS = 4096
+FORBIDDEN_PATH_CHARS = ("\0", "\x85", "\u2028", "\u2029", "\r", "\n")
+
+
+@dataclass(slots=True)
+class S3Settings:
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    addressing_style: str = "auto"
+    max_attempts: int = 8
+    connect_timeout: float = 10.0
+    read_timeout: float = 120.0
+    max_object_size: int = S3_MAX_OBJECT
+    checksum: str = "auto"
+
+
+@dataclass(slots=True)
+class TransferSettings:
+    part_size: int = 16 * MiB
+    multipart_threshold: int = 64 * MiB
+    stripe_size: int = 1 * MiB
+    concurrency: int = 32
+    parts_in_flight: int = 8
+    batch_entries: int = 64
+    busy_retries: int = 3
+    lfs: str = "auto"
+
+
+@dataclass(slots=True)
+class ExportConfig:
+    fs_root: str
+    repository: S3Url
+    report_path: S3Url
+    state_dir: str
+    paths: list[str] = field(default_factory=list)
+    file_system_id: str = ""
+    s3: S3Settings = field(default_factory=S3Settings)
+    transfer: TransferSettings = field(default_factory=TransferSettings)
+    progress: str = "auto"
+    progress_interval: float = 10.0
+    status_interval: float = 2.0
+
+
+# ---- value parsers: each raises ValueError with a human message --------------------------
+
+def _str(v: Any) -> str:
+    if not isinstance(v, str) or not v:
+        raise ValueError(f"expected a non-empty string, got {v!r}")
+    return v
+
+
+def _choice(*allowed: str) -> Callable[[Any], str]:
+    def parse(v: Any) -> str:
+        if v not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}, got {v!r}")
+        return v
+    return parse
+
+
+def _int(lo: int, hi: int | None = None) -> Callable[[Any], int]:
+    def parse(v: Any) -> int:
+        if isinstance(v, bool):
+            raise ValueError(f"expected an integer, got {v!r}")
+        try:
+            n = int(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"expected an integer, got {v!r}") from None
+        if n < lo or (hi is not None and n > hi):
+            raise ValueError(f"expected an integer in [{lo}, {hi if hi is not None else 'inf'}], got {n}")
+        return n
+    return parse
+
+
+def _float(lo: float) -> Callable[[Any], float]:
+    def parse(v: Any) -> float:
+        try:
+            x = float(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"expected a number, got {v!r}") from None
+        if x < lo:
+            raise ValueError(f"expected a number >= {lo}, got {x}")
+        return x
+    return parse
+
+
+def _size(lo: int, hi: int) -> Callable[[Any], int]:
+    def parse(v: Any) -> int:
+        n = parse_size(v)
+        if not lo <= n <= hi:
+            raise ValueError(f"expected a size in [{lo}, {hi}] bytes, got {v!r}")
+        return n
+    return parse
+
+
+def _paths(v: Any) -> list[str]:
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, list) or not all(isinstance(p, str) for p in v):
+        raise ValueError(f"expected a list of paths, got {v!r}")
+    if len(v) > MAX_TASK_PATHS:
+        raise ValueError(f"at most {MAX_TASK_PATHS} paths per task, got {len(v)}")
+    for p in v:
+        if len(p) > MAX_TASK_PATH_CHARS:
+            raise ValueError(f"a path is longer than {MAX_TASK_PATH_CHARS} characters: {p[:60]!r}...")
+        if any(c in p for c in FORBIDDEN_PATH_CHARS):
+            raise ValueError(f"path {p!r} contains a forbidden character (NUL, CR, LF, U+0085, U+2028, U+2029)")
+    return list(v)
+
+
+def _fsid(v: Any) -> str:
+    s = _str(v)
+    if not (s.startswith("fs-") and len(s) >= 11 and all(c in "0123456789abcdef" for c in s[3:])):
+        raise ValueError(f"expected fs- followed by at least 8 lowercase hex digits, got {v!r}")
+    return s
+
+
+def _path(v: Any) -> str:
+    return os.path.abspath(os.path.expanduser(_str(v)))
+
+
+# dotted key -> parser; the schema of both the YAML file and the command-line overrides
+SCHEMA: dict[str, Callable[[Any], Any]] = {
+    "fs_root": _path,
+    "repository": _str,
+    "report_path": _str,
+    "state_dir": _path,
+    "paths": _paths,
+    "file_system_id": _fsid,
+    "s3.endpoint_url": _str,
+    "s3.region": _str,
+    "s3.profile": _str,
+    "s3.addressing_style": _choice("auto", "path", "virtual"),
+    "s3.max_attempts": _int(1, 100),
+    "s3.connect_timeout": _float(0.1),
+    "s3.read_timeout": _float(0.1),
+    "s3.max_object_size": _size(0, S3_MAX_OBJECT),
+    "s3.checksum": _choice("auto", "crc32", "none"),
+    "transfer.part_size": _size(S3_MIN_PART, S3_MAX_PART),
+    "transfer.multipart_threshold": _size(0, S3_MAX_PUT),
+    "transfer.stripe_size": _size(64 * 1024, S3_MAX_PART),
+    "transfer.concurrency": _int(1, 1024),
+    "transfer.parts_in_flight": _int(1, 256),
+    "transfer.batch_entries": _int(1, 100_000),
+    "transfer.busy_retries": _int(0, 100),
+    "transfer.lfs": _str,
+    "progress.mode": _choice("auto", "bar", "log", "off"),
+    "progress.interval": _float(0.1),
+    "progress.status_interval": _float(0.1),
+}
+SECTIONS = {"s3", "transfer", "progress"}
+
+
+def default_state_dir() -> str:
+    return os.environ.get("PFSXPORT_STATE_DIR") or os.path.join(os.path.expanduser("~"), ".pfsxport")
+
+
+def load_yaml(path: str) -> dict[str, Any]:
+    """Read a config file into a flat {dotted key: raw value} dict, checking key names."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as e:
+        raise ConfigError(f"config file {path} cannot be read: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise ConfigError(f"config file {path}: the top level must be a mapping of keys")
+    flat: dict[str, Any] = {}
+    for k, v in doc.items():
+        if k in SECTIONS:
+            if not isinstance(v, dict):
+                raise ConfigError(f"key '{k}' in {path}: expected a mapping of {k}.* keys")
+            for sk, sv in v.items():
+                flat[f"{k}.{sk}"] = sv
+        else:
+            flat[str(k)] = v
+    for k in flat:
+        if k not in SCHEMA:
+            known = ", ".join(sorted(SCHEMA))
+            raise ConfigError(f"unknown key '{k}' in {path} (known keys: {known})")
+    return flat
+
+
+def resolve(file_values: dict[str, Any], cli_values: dict[str, Any], config_path: str | None) -> ExportConfig:
+    """Merge (command line wins), validate each value, and build the config."""
+    values: dict[str, Any] = {}
+    for source, raw in ((config_path or "the config", file_values), ("the command line", cli_values)):
+        for k, v in raw.items():
+            if v is None:
+                continue
+            try:
+                values[k] = SCHEMA[k](v)
+            except ValueError as e:
+                raise ConfigError(f"key '{k}' in {source}: {e}") from None
+    origin = {k: (config_path or "the config") for k in file_values} | {k: "the command line" for k, v in cli_values.items() if v is not None}
+
+    def need(k: str) -> Any:
+        if k not in values:
+            flag = "--" + k.replace("_", "-")
+            raise ConfigError(f"missing required key '{k}' (give {flag} or set it in a --config file)")
+        return values[k]
+
+    def url(k: str, directory: bool) -> S3Url:
+        try:
+            return parse_s3_url(values[k], what=k, directory=directory)
+        except ConfigError as e:
+            raise ConfigError(f"key '{k}' in {origin[k]}: {e}") from None
+
+    fs_root = need("fs_root")
+    if not os.path.isdir(fs_root):
+        raise ConfigError(f"key 'fs_root' in {origin['fs_root']}: {fs_root} is not a directory")
+    need("repository")
+    repo = url("repository", True)
+    report = url("report_path", False) if "report_path" in values else S3Url(repo.bucket, "pfsxport-reports")
+    s3 = S3Settings(**{k[3:]: v for k, v in values.items() if k.startswith("s3.")})
+    transfer = TransferSettings(**{k[9:]: v for k, v in values.items() if k.startswith("transfer.")})
+    if transfer.multipart_threshold < transfer.part_size:
+        transfer.multipart_threshold = transfer.part_size
+    fsid = values.get("file_system_id") or file_system_id_for(fs_root)
+    return ExportConfig(
+        fs_root=fs_root,
+        repository=repo,
+        report_path=report,
+        state_dir=values.get("state_dir") or default_state_dir(),
+        paths=values.get("paths", []),
+        file_system_id=fsid,
+        s3=s3,
+        transfer=transfer,
+        progress=values.get("progress.mode", "auto"),
+        progress_interval=values.get("progress.interval", 10.0),
+        status_interval=values.get("progress.status_interval", 2.0),
+    )
+
+
+def file_system_id_for(fs_root: str) -> str:
+    """A stable FSx-shaped id for a file-system root: fs- + 17 hex digits of its real path."""
+    digest = hashlib.sha256(os.path.realpath(fs_root).encode("utf-8", "surrogateescape")).hexdigest()
+    return "fs-" + digest[:17]
+
+
+def load(config_path: str | None, cli_values: dict[str, Any]) -> ExportConfig:
+    return resolve(load_yaml(config_path) if config_path else {}, cli_values, config_path)

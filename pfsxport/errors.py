@@ -1,0 +1,106 @@
+"""Exception tree, FSx error codes and the process exit codes they map to.
+
+Pure: standard library only. Errors are classed by behaviour (retryable or not) and each
+carries the FSx report ErrorCode it becomes and the exit code a scheduler can act on.
+"""
+from __future__ import annotations
+
+from enum import Enum, IntEnum
+
+
+class ErrorCode(str, Enum):
+    """ErrorCode column of failures.csv (FSx R-8) plus the codes pfsxport adds."""
+
+    PATH_SIZE_TOO_LONG = "PathSizeTooLong"
+    FILE_SIZE_TOO_LARGE = "FileSizeTooLarge"
+    S3_ACCESS_DENIED = "S3AccessDenied"
+    S3_ERROR = "S3Error"
+    RESOURCE_BUSY = "ResourceBusy"
+    INTERNAL_ERROR = "InternalError"
+    # pfsxport's own: a name that is not valid UTF-8 cannot become an S3 key.
+    PATH_NOT_UTF8 = "PathNotUtf8"
+    # pfsxport's own: the file system refused to let us read the entry (EACCES/EPERM/EIO).
+    LOCAL_READ_ERROR = "LocalReadError"
+
+
+class ExitCode(IntEnum):
+    """Process exit status of `pfsxport export` and friends; documented in the README."""
+
+    SUCCEEDED = 0
+    INTERNAL = 1  # a bug or an unexpected crash: report it
+    BAD_INPUT = 2  # bad config, bad arguments, missing path: fix the input, do not requeue
+    FILES_FAILED = 3  # the task ran; some files failed (see failures.csv): requeue may help
+    CANCELED = 4  # the task was canceled
+    STORE_UNREACHABLE = 5  # endpoint down, bucket missing or access denied: fix or retry later
+    TASK_EXECUTING = 6  # another task is executing on this file system (DataRepositoryTaskExecuting)
+
+
+class PfsxError(Exception):
+    code: ErrorCode = ErrorCode.INTERNAL_ERROR
+    exit_code: ExitCode = ExitCode.INTERNAL
+    retryable = False
+
+
+class ConfigError(PfsxError):
+    """Bad configuration or arguments; the message names the key and the file."""
+
+    exit_code = ExitCode.BAD_INPUT
+
+
+class InputError(PfsxError):
+    """A request that cannot run: a path that does not exist, too many paths, ..."""
+
+    exit_code = ExitCode.BAD_INPUT
+
+
+class StoreError(PfsxError):
+    """Any S3 failure, after retries where retries make sense."""
+
+    code = ErrorCode.S3_ERROR
+    exit_code = ExitCode.STORE_UNREACHABLE
+
+    def __init__(self, message: str, *, s3_code: str = "", status: int = 0, retries: int = 0):
+        super().__init__(message)
+        self.s3_code = s3_code
+        self.status = status
+        self.retries = retries
+
+
+class RetryableStoreError(StoreError):
+    """Throttling, 5xx, resets, timeouts: worth another try with backoff."""
+
+    retryable = True
+
+
+class AccessDenied(StoreError):
+    code = ErrorCode.S3_ACCESS_DENIED
+
+
+class NoSuchBucket(StoreError):
+    pass
+
+
+class StoreUnreachable(StoreError):
+    """The endpoint could not be reached at all (after retries)."""
+
+
+class NoSuchUpload(StoreError):
+    """The multipart upload is gone (aborted or expired)."""
+
+
+class FileChanged(PfsxError):
+    """The file moved (size, mtime, ctime or inode) while it was being read."""
+
+    code = ErrorCode.RESOURCE_BUSY
+
+
+class TaskError(PfsxError):
+    """FSx API-shaped task errors; `name` is the FSx error name."""
+
+    exit_code = ExitCode.BAD_INPUT
+
+    def __init__(self, name: str, message: str, exit_code: ExitCode | None = None):
+        super().__init__(f"{name}: {message}")
+        self.name = name
+        if exit_code is not None:
+            self.exit_code = exit_code

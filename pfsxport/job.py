@@ -1,0 +1,274 @@
+"""One export task from start to end: prepare -> walk and transfer -> report.
+
+`export` is collective (every rank calls it). Rank 0 creates the task record, checks the
+paths and the store, runs the scheduler and writes the report; every rank walks and
+transfers. The world, the store class and the layout source come in from outside.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+from .config import ExportConfig
+from .errors import ExitCode, InputError, StoreError, TaskError
+from .lifecycle import TaskLifecycle, end_state
+from .lustre import LayoutSource
+from .metadata import S3Url
+from .model import Entry, EntryKind
+from .report import FAILURES, REPORT_CSV, REPORT_H5, ReportWriter
+from .schedule import STOP, Scheduler, root_units
+from .state import StateDir, TaskRecord, new_task_id
+from .store import Capabilities, S3Store
+from .transfer import Transfer, TransferOptions
+from .walk import lstat_entry
+from .worker import Worker
+
+log = logging.getLogger("pfsxport")
+
+
+@dataclass
+class Setup:
+    task_id: str
+    caps: Capabilities
+    roots: list[Entry]
+    skip: frozenset[str]
+
+
+@dataclass
+class Stop:
+    exit_code: ExitCode
+
+
+def task_paths(fs_root: str, paths: list[str]) -> list[str]:
+    """Normalize task paths to '/'-joined paths relative to the root ("" = the root itself);
+    absolute paths must lie inside the root. Paths inside another requested path are dropped."""
+    out: list[str] = []
+    for p in paths or [""]:
+        if os.path.isabs(p):
+            rel = os.path.relpath(os.path.normpath(p), fs_root)
+        else:
+            rel = os.path.normpath(p) if p else "."
+        if rel == ".":
+            rel = ""
+        if rel == ".." or rel.startswith("../"):
+            raise InputError(f"path {p!r} is outside the file system root {fs_root}")
+        out.append(rel)
+    out = sorted(set(out))
+    return [p for p in out if not any(q == "" or p.startswith(q + "/") for q in out if q != p)]
+
+
+def _skip_set(cfg: ExportConfig) -> frozenset[str]:
+    """The state directory is never exported when it lies inside the tree."""
+    rel = os.path.relpath(os.path.realpath(cfg.state_dir), os.path.realpath(cfg.fs_root))
+    return frozenset() if rel.startswith("..") or rel == "." else frozenset({rel})
+
+
+def _prepare(cfg: ExportConfig, state: StateDir, nranks: int, store: S3Store) -> Setup | Stop:
+    """Rank 0: record the task, check the paths and the store. Nothing is uploaded here
+    except the probe objects, which are removed."""
+    rec = TaskRecord(new_task_id(), cfg.file_system_id, list(cfg.paths), f"{cfg.report_path}",
+                     str(cfg.repository), ranks=nranks)
+    try:
+        state.create(rec)
+    except TaskError as e:
+        log.error("%s", e)
+        return Stop(e.exit_code)
+    print(rec.task_id, flush=True)
+    log.info("task %s on %s: %s -> %s with %d rank(s)", rec.task_id, cfg.file_system_id, cfg.fs_root,
+             cfg.repository, nranks)
+    try:
+        rels = task_paths(cfg.fs_root, cfg.paths)
+        roots = []
+        for rel in rels:
+            try:
+                roots.append(lstat_entry(cfg.fs_root, rel))
+            except FileNotFoundError:
+                raise InputError(f"path {rel!r} does not exist under {cfg.fs_root}") from None
+            except OSError as e:
+                raise InputError(f"path {rel!r} cannot be read: {e.strerror}") from None
+    except InputError as e:
+        return _fail_early(state, rec, str(e), ExitCode.BAD_INPUT)
+    rec.move(TaskLifecycle.EXECUTING)
+    rec.start_time = time.time()
+    state.write(rec)
+    try:
+        caps = store.probe(cfg.repository.prefix, cfg.s3.checksum)
+    except StoreError as e:
+        return _fail_early(state, rec, f"cannot write to {cfg.repository}: {e}", ExitCode.STORE_UNREACHABLE)
+    if not caps.dir_metadata:
+        log.warning("WARN this store keeps no user metadata on keys ending in '/': directory objects will "
+                    "lose their file-permissions, owner and times (known for SeaweedFS)")
+    log.info("store: checksum %s", "crc32 (verified by the store)" if caps.crc32_verified else
+             "crc32 (sent, not verified by the store)" if caps.crc32 else "none accepted")
+    return Setup(rec.task_id, caps, roots, _skip_set(cfg))
+
+
+def _fail_early(state: StateDir, rec: TaskRecord, message: str, code: ExitCode) -> Stop:
+    log.error("task %s FAILED: %s", rec.task_id, message)
+    rec.fail(message)
+    state.write(rec)
+    ReportWriter(state.task_dir(rec.task_id)).finish(_attrs(rec))
+    return Stop(code)
+
+
+def _attrs(rec: TaskRecord) -> dict:
+    d = rec.to_fsx()
+    out = {k: v for k, v in d.items() if isinstance(v, (str, int, float))}
+    out.update({f"Status.{k}": v for k, v in d["Status"].items()})
+    out["Paths"] = ",".join(rec.paths)
+    if rec.failure_message:
+        out["FailureDetails.Message"] = rec.failure_message
+    return out
+
+
+def _hms(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+class Monitor(threading.Thread):
+    """Rank 0: refreshes the task record, notices cancel requests, prints progress."""
+
+    def __init__(self, cfg: ExportConfig, state: StateDir, rec: TaskRecord, scheduler: Scheduler,
+                 lock: threading.Lock):
+        super().__init__(name="pfsxport-monitor", daemon=True)
+        self.cfg, self.state, self.rec, self.scheduler, self.lock = cfg, state, rec, scheduler, lock
+        self.done = threading.Event()
+        mode = cfg.progress
+        self.mode = ("bar" if sys.stderr.isatty() else "log") if mode == "auto" else mode
+        self.t0 = time.monotonic()
+
+    def run(self) -> None:
+        last_status = last_print = 0.0
+        interval = 0.5 if self.mode == "bar" else self.cfg.progress_interval
+        while not self.done.wait(0.25):
+            now = time.monotonic()
+            self.check_cancel()
+            if now - last_status >= self.cfg.status_interval:
+                self.refresh()
+                last_status = now
+            if self.mode != "off" and now - last_print >= interval:
+                self.print_progress(final=False)
+                last_print = now
+
+    def check_cancel(self) -> None:
+        if self.rec.lifecycle is TaskLifecycle.EXECUTING and self.state.cancel_requested(self.rec.task_id):
+            with self.lock:
+                self.scheduler.cancel()
+            self.rec.move(TaskLifecycle.CANCELING)
+            log.warning("task %s: cancel requested; queued files will not be started, files in flight "
+                        "finish", self.rec.task_id)
+
+    def refresh(self) -> None:
+        with self.lock:
+            p = self.scheduler.progress()
+        self.rec.counts = p.counts
+        self.rec.last_updated = time.time()
+        self.check_cancel()
+        self.state.write(self.rec)
+
+    def print_progress(self, final: bool) -> None:
+        with self.lock:
+            p = self.scheduler.progress()
+        dt = max(time.monotonic() - self.t0, 1e-9)
+        done = p.counts.total + p.skipped
+        rate = done / dt
+        mbs = p.bytes_sent / dt / 1e6
+        walking = not final and (self.scheduler.dirs or self.scheduler.outstanding)
+        if final or not p.discovered:
+            eta = ""
+        elif walking and done < p.discovered:
+            eta = f", ETA {_hms((p.discovered - done) / rate) if rate else '?'}+ (walk continues)"
+        else:
+            eta = f", ETA {_hms(max(p.discovered - done, 0) / rate) if rate else '?'}"
+        line = (f"{done}/{p.discovered or '?'} entries, {p.counts.failed} failed, "
+                f"{p.bytes_sent / 1e6:.1f} MB sent, {rate:.0f} files/s, {mbs:.1f} MB/s{eta}")
+        if self.mode == "bar" and not final:
+            sys.stderr.write("\r\x1b[K" + line)
+            sys.stderr.flush()
+        else:
+            if self.mode == "bar":
+                sys.stderr.write("\r\x1b[K")
+            log.info("%s%s", "done: " if final else "progress: ", line)
+
+
+def export(world, cfg: ExportConfig) -> ExitCode:
+    """Collective: run one export task on every rank of `world`; returns the exit code."""
+    state = StateDir(cfg.state_dir)
+    t = cfg.transfer
+    store = S3Store(cfg.repository.bucket, cfg.s3, pool=t.concurrency + t.parts_in_flight + 4)
+    setup = _prepare(cfg, state, world.size, store) if world.rank == 0 else None
+    setup = world.bcast(setup)
+    if isinstance(setup, Stop):
+        return setup.exit_code
+    store.checksum = setup.caps.crc32 and cfg.s3.checksum != "none"
+    transfer = Transfer(cfg.fs_root, cfg.repository, store, LayoutSource(t.lfs, t.stripe_size),
+                        TransferOptions(t.part_size, t.multipart_threshold, cfg.s3.max_object_size,
+                                        t.batch_entries, t.busy_retries),
+                        rank=world.rank, skip=setup.skip)
+    lock = threading.Lock()
+    scheduler = monitor = writer = None
+    if world.rank == 0:
+        rec = state.read(setup.task_id)
+        writer = ReportWriter(state.task_dir(setup.task_id))
+        scheduler = Scheduler(root_units(setup.roots, transfer.route, lambda e: e.kind is EntryKind.DIRECTORY),
+                              writer.add, world.size)
+        monitor = Monitor(cfg, state, rec, scheduler, lock)
+        monitor.start()
+
+    from .parallel import run_work
+
+    run_work(world, scheduler, lock,
+             lambda ch: Worker(transfer, ch, t.concurrency, t.parts_in_flight), STOP)
+    code = _finish(cfg, state, store, scheduler, monitor, writer) if world.rank == 0 else None
+    return world.bcast(code)
+
+
+def _finish(cfg: ExportConfig, state: StateDir, store: S3Store, scheduler: Scheduler, monitor: Monitor,
+            writer: ReportWriter) -> ExitCode:
+    monitor.done.set()
+    monitor.join()
+    monitor.check_cancel()
+    rec = monitor.rec
+    p = scheduler.progress()
+    rec.counts = p.counts
+    final = end_state(scheduler.canceled, p.counts.failed)
+    if final is TaskLifecycle.CANCELED:
+        rec.move(TaskLifecycle.CANCELED)
+        rec.end_time = time.time()
+    elif final is TaskLifecycle.FAILED:
+        rec.fail(f"{p.counts.failed} of {p.counts.total} entries failed to export; "
+                 f"see {cfg.report_path}/{rec.task_id}/{FAILURES}")
+    else:
+        rec.move(TaskLifecycle.SUCCEEDED)
+        rec.end_time = time.time()
+    rec.last_updated = time.time()
+    paths = writer.finish(_attrs(rec))
+    _upload_report(store, cfg.report_path, rec.task_id, paths)
+    state.write(rec)
+    monitor.print_progress(final=True)
+    log.info("task %s %s: %d succeeded, %d failed, %d skipped, %d retries; report %s/%s/",
+             rec.task_id, rec.lifecycle.value, p.counts.succeeded, p.counts.failed, p.skipped, p.retries,
+             cfg.report_path, rec.task_id)
+    return {TaskLifecycle.SUCCEEDED: ExitCode.SUCCEEDED, TaskLifecycle.CANCELED: ExitCode.CANCELED}.get(
+        rec.lifecycle, ExitCode.FILES_FAILED)
+
+
+def _upload_report(store: S3Store, report: S3Url, task_id: str, paths: dict[str, str]) -> None:
+    """failures.csv, report.csv and report.h5 under {ReportPath}/{TaskId}/ (R-2)."""
+    base = f"{report.prefix}/{task_id}/" if report.prefix else f"{task_id}/"
+    types = {FAILURES: "text/csv", REPORT_CSV: "text/csv", REPORT_H5: "application/x-hdf5"}
+    for name, path in paths.items():
+        try:
+            with open(path, "rb") as f:
+                store.put_object(base + name, f, None, types[name])
+        except StoreError as e:
+            log.error("ERROR S3CompletionReportUploadFailure: could not write %s to s3://%s/%s: %s "
+                      "(a copy is in %s)", name, store.bucket, base + name, e, path)
+
+
+

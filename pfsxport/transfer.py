@@ -1,0 +1,328 @@
+"""Executes work units on one rank: scans, single PUTs, multipart starts, parts, finishes.
+
+Local: no MPI. The store and the layout source are injected. Every method returns a
+UnitOutcome and never raises for a per-entry problem: those become report rows.
+Nothing is ever written to a final key unless its bytes were read from one unchanged
+version of the file (stat before and after each read, and before completing).
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat as _stat
+import time
+import zlib
+from dataclasses import dataclass
+
+from . import checksum
+from .errors import ErrorCode, StoreError
+from .lustre import LayoutSource
+from .metadata import S3Url, content_type, fsx_headers, key_error, object_key, printable
+from .model import (BatchUnit, DirUnit, Discovered, Entry, EntryKind, FinishUnit, LargeFileUnit, PartDone,
+                    PartUnit, ReportRow, RowStatus, UnitOutcome, UploadStarted)
+from .plan import plan_parts
+from .walk import read_range, same_file, scan_dir, snapshot_of
+
+log = logging.getLogger("pfsxport")
+
+
+@dataclass(slots=True)
+class TransferOptions:
+    part_size: int
+    multipart_threshold: int
+    max_object_size: int
+    batch_entries: int
+    busy_retries: int
+
+
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NOCTTY | os.O_NONBLOCK
+_NOATIME = getattr(os, "O_NOATIME", 0)
+
+
+def open_for_read(path: str) -> int:
+    """Open without following a symlink and, where permitted (owner or root), without
+    touching atime: an export must not make files look recently used to purge policies."""
+    if _NOATIME:
+        try:
+            return os.open(path, _READ_FLAGS | _NOATIME)
+        except PermissionError:
+            pass
+    return os.open(path, _READ_FLAGS)
+
+
+class Transfer:
+    def __init__(self, fs_root: str, repo: S3Url, store, layouts: LayoutSource, opts: TransferOptions,
+                 rank: int = 0, skip: frozenset[str] = frozenset()):
+        self.fs_root = fs_root
+        self.repo = repo
+        self.store = store
+        self.layouts = layouts
+        self.opts = opts
+        self.rank = rank
+        self.skip = skip
+
+    def abspath(self, rel: str) -> str:
+        return os.path.join(self.fs_root, rel)
+
+    def is_large(self, e: Entry) -> bool:
+        return e.kind is EntryKind.FILE and e.size > self.opts.multipart_threshold
+
+    def run(self, unit) -> UnitOutcome:
+        """Execute one unit other than a BatchUnit (whose entries run one by one)."""
+        if isinstance(unit, DirUnit):
+            return self.scan(unit)
+        if isinstance(unit, LargeFileUnit):
+            return self.start_large(unit)
+        if isinstance(unit, PartUnit):
+            return UnitOutcome(unit.uid, parts=[self.part(unit)])
+        if isinstance(unit, FinishUnit):
+            return self.finish(unit)
+        raise TypeError(f"unknown unit {unit!r}")
+
+    # ---- walking ---------------------------------------------------------------------
+
+    def route(self, entries: list[Entry]) -> list:
+        """Group entries into units: batches of small entries, one unit per large file."""
+        units: list = []
+        batch: list[Entry] = []
+        for e in entries:
+            if self.is_large(e):
+                units.append(LargeFileUnit(e))
+                continue
+            batch.append(e)
+            if len(batch) >= self.opts.batch_entries:
+                units.append(BatchUnit(batch))
+                batch = []
+        if batch:
+            units.append(BatchUnit(batch))
+        return units
+
+    def scan(self, unit: DirUnit) -> UnitOutcome:
+        res = scan_dir(self.fs_root, unit.path, self.skip)
+        out = UnitOutcome(unit.uid)
+        if res.error is not None:
+            if not isinstance(res.error, FileNotFoundError):
+                out.rows.append(self._row(Entry(unit.path, EntryKind.DIRECTORY, 0, 0, 0, 0, 0, 0, 0),
+                                          RowStatus.FAILED, ErrorCode.LOCAL_READ_ERROR,
+                                          message=f"cannot list directory: {res.error.strerror}"))
+            return out
+        out.units = self.route(res.entries)
+        out.units += [DirUnit(e.path) for e in res.entries if e.kind is EntryKind.DIRECTORY]
+        out.discovered = Discovered(len(res.entries), sum(e.size for e in res.entries
+                                                          if e.kind is EntryKind.FILE))
+        return out
+
+    # ---- single-request entries ------------------------------------------------------
+
+    def _row(self, e: Entry, status: RowStatus, code: ErrorCode | str = "", **kw) -> ReportRow:
+        return ReportRow(e.path, e.kind.value, e.size, status, getattr(code, "value", code),
+                         rank=self.rank, **kw)
+
+    def export_entry(self, e: Entry) -> UnitOutcome:
+        """Export one directory, symlink or small file (a grown file becomes a LargeFileUnit)."""
+        t0 = time.monotonic()
+        out = UnitOutcome(0)
+        try:
+            row_or_unit = self._export_entry(e, t0)
+        except StoreError as err:
+            row_or_unit = self._row(e, RowStatus.FAILED, err.code, retries=self.store.take_retries(),
+                                    message=str(err)[:500])
+        except Exception as err:  # a bug must fail one entry, not the job
+            log.exception("internal error exporting %s", printable(e.path))
+            row_or_unit = self._row(e, RowStatus.FAILED, ErrorCode.INTERNAL_ERROR,
+                                    message=f"{type(err).__name__}: {err}"[:500])
+        if isinstance(row_or_unit, ReportRow):
+            row_or_unit.seconds = round(time.monotonic() - t0, 6)
+            out.rows.append(row_or_unit)
+            out.bytes_sent = row_or_unit.bytes
+        else:
+            out.units.append(row_or_unit)
+        return out
+
+    def _export_entry(self, e: Entry, t0: float):
+        if e.kind is EntryKind.SPECIAL:
+            log.warning("WARN skipped special file (%s): %s", _stat.filemode(e.mode), printable(e.path))
+            return self._row(e, RowStatus.SKIPPED, message="special file: not exported")
+        key = object_key(self.repo, e)
+        bad = key_error(key)
+        if bad is not None:
+            return self._row(e, RowStatus.FAILED, bad, message=_KEY_MESSAGES[bad])
+        if e.kind is EntryKind.DIRECTORY:
+            self.store.put_object(key, b"", fsx_headers(e), content_type(e.kind), zlib.crc32(b""))
+            return self._row(e, RowStatus.SUCCEEDED, retries=self.store.take_retries(),
+                             checksum=checksum.fmt(0))
+        if e.kind is EntryKind.SYMLINK:
+            try:
+                target = os.readlink(os.fsencode(self.abspath(e.path)))
+            except FileNotFoundError:
+                return self._row(e, RowStatus.SKIPPED, message="gone before it was exported")
+            crc = zlib.crc32(target)
+            self.store.put_object(key, target, fsx_headers(e), content_type(e.kind), crc)
+            return self._row(e, RowStatus.SUCCEEDED, bytes=len(target), retries=self.store.take_retries(),
+                             checksum=checksum.fmt(crc))
+        return self._export_small_file(e, key)
+
+    def _open(self, e: Entry) -> int | ReportRow:
+        try:
+            return open_for_read(self.abspath(e.path))
+        except FileNotFoundError:
+            return self._row(e, RowStatus.SKIPPED, message="gone before it was exported")
+        except OSError as err:
+            if err.errno == errno.ELOOP:  # replaced by a symlink since the walk
+                return self._row(e, RowStatus.FAILED, ErrorCode.RESOURCE_BUSY,
+                                 message="the file was replaced while being exported")
+            return self._row(e, RowStatus.FAILED, ErrorCode.LOCAL_READ_ERROR,
+                             message=f"cannot open: {err.strerror}")
+
+    def _export_small_file(self, e: Entry, key: str):
+        for attempt in range(self.opts.busy_retries + 1):
+            fd = self._open(e)
+            if isinstance(fd, ReportRow):
+                return fd
+            try:
+                st = os.fstat(fd)
+                fresh = Entry.from_stat(e.path, st)
+                if fresh.kind is not EntryKind.FILE:
+                    return self._row(e, RowStatus.FAILED, ErrorCode.RESOURCE_BUSY,
+                                     message="the entry changed type while being exported")
+                if st.st_size > self.opts.multipart_threshold:
+                    return LargeFileUnit(fresh)
+                try:
+                    data = read_range(fd, 0, st.st_size)
+                    extra = os.pread(fd, 1, st.st_size)
+                except OSError as err:
+                    return self._row(e, RowStatus.FAILED, ErrorCode.LOCAL_READ_ERROR,
+                                     message=f"cannot read: {err.strerror}")
+                if extra or len(data) != st.st_size or not same_file(os.fstat(fd), snapshot_of(st)):
+                    time.sleep(0.02 * 2 ** attempt)
+                    continue
+            finally:
+                os.close(fd)
+            crc = zlib.crc32(data)
+            self.store.put_object(key, data, fsx_headers(fresh), content_type(fresh.kind), crc)
+            return ReportRow(e.path, fresh.kind.value, fresh.size, RowStatus.SUCCEEDED, bytes=len(data),
+                             parts=1, checksum=checksum.fmt(crc), retries=self.store.take_retries() + attempt,
+                             rank=self.rank)
+        return self._row(e, RowStatus.FAILED, ErrorCode.RESOURCE_BUSY, retries=self.opts.busy_retries,
+                         message=_BUSY)
+
+    # ---- multipart ---------------------------------------------------------------------
+
+    def start_large(self, unit: LargeFileUnit) -> UnitOutcome:
+        e = unit.entry
+        out = UnitOutcome(unit.uid)
+        t0 = time.time()
+        key = object_key(self.repo, e)
+        bad = key_error(key)
+        if bad is not None:
+            out.rows.append(self._row(e, RowStatus.FAILED, bad, message=_KEY_MESSAGES[bad]))
+            return out
+        fd = self._open(e)
+        if isinstance(fd, ReportRow):
+            out.rows.append(fd)
+            return out
+        try:
+            fresh = Entry.from_stat(e.path, os.fstat(fd))
+        finally:
+            os.close(fd)
+        if fresh.size > self.opts.max_object_size:
+            out.rows.append(self._row(fresh, RowStatus.FAILED, ErrorCode.FILE_SIZE_TOO_LARGE,
+                                      message=f"{fresh.size} bytes is more than the store's maximum "
+                                              f"object size ({self.opts.max_object_size} bytes)"))
+            return out
+        if fresh.size <= self.opts.multipart_threshold:  # shrank since the walk
+            return self.export_entry(fresh)
+        parts = plan_parts(fresh.size, self.layouts.layout(self.abspath(e.path)), self.opts.part_size)
+        try:
+            upload_id = self.store.create_multipart(key, fsx_headers(fresh), content_type(fresh.kind))
+        except StoreError as err:
+            out.rows.append(self._row(fresh, RowStatus.FAILED, err.code, retries=self.store.take_retries(),
+                                      message=str(err)[:500]))
+            return out
+        out.started.append(UploadStarted(upload_id, key, fresh, parts, unit.attempt, t0))
+        return out
+
+    def part(self, unit: PartUnit) -> PartDone:
+        p = unit.part
+        done = PartDone(unit.upload_id, p.number, length=p.length)
+        try:
+            fd = open_for_read(self.abspath(unit.path))
+        except OSError:
+            done.changed = True
+            return done
+        try:
+            if not same_file(os.fstat(fd), unit.snapshot):
+                done.changed = True
+                return done
+            data = read_range(fd, p.offset, p.length)
+            if len(data) != p.length or not same_file(os.fstat(fd), unit.snapshot):
+                done.changed = True
+                return done
+        except OSError as err:
+            done.error_code = ErrorCode.LOCAL_READ_ERROR.value
+            done.error_message = f"cannot read: {err.strerror}"
+            return done
+        finally:
+            os.close(fd)
+        done.crc = zlib.crc32(data)
+        try:
+            done.etag, done.crc_b64 = self.store.upload_part(unit.key, unit.upload_id, p.number, data, done.crc)
+        except StoreError as err:
+            done.error_code = err.code.value
+            done.error_message = str(err)[:500]
+        except Exception as err:
+            log.exception("internal error uploading part %d of %s", p.number, printable(unit.path))
+            done.error_code = ErrorCode.INTERNAL_ERROR.value
+            done.error_message = f"{type(err).__name__}: {err}"[:500]
+        done.retries = self.store.take_retries()
+        return done
+
+    def finish(self, unit: FinishUnit) -> UnitOutcome:
+        """Complete the upload if every part is in and the file is unchanged; else abort it,
+        and export the file again if it only changed under us (bounded), else fail it."""
+        out = UnitOutcome(unit.uid)
+        e = unit.entry
+        code, message, retry = unit.error_code, unit.error_message, unit.retry_file
+        try:
+            if not code and not retry:
+                try:
+                    unchanged = same_file(os.lstat(self.abspath(e.path)), unit.snapshot)
+                except OSError:
+                    unchanged = False
+                if unchanged:
+                    self.store.complete_multipart(unit.key, unit.upload_id, unit.parts)
+                    size = sum(n for _, n in unit.crcs)
+                    out.rows.append(ReportRow(
+                        e.path, e.kind.value, e.size, RowStatus.SUCCEEDED, bytes=size, parts=len(unit.parts),
+                        checksum=checksum.fmt(checksum.combine_all(unit.crcs)),
+                        retries=unit.retries + self.store.take_retries(), rank=self.rank,
+                        osts=",".join(map(str, unit.osts)), seconds=round(time.time() - unit.started, 6)))
+                    out.bytes_sent = size
+                    return out
+                retry = True
+            self.store.abort_multipart(unit.key, unit.upload_id)
+        except StoreError as err:
+            code, message = err.code.value, str(err)[:500]
+            try:
+                self.store.abort_multipart(unit.key, unit.upload_id)
+            except StoreError as abort_err:
+                log.error("could not abort upload %s of %s: %s", unit.upload_id, unit.key, abort_err)
+        if retry and not code:
+            if unit.attempt < self.opts.busy_retries:
+                time.sleep(0.05 * 2 ** unit.attempt)
+                out.units.append(LargeFileUnit(e, unit.attempt + 1))
+                return out
+            code, message = ErrorCode.RESOURCE_BUSY.value, _BUSY
+        out.rows.append(ReportRow(e.path, e.kind.value, e.size, RowStatus.FAILED, code, parts=len(unit.parts),
+                                  retries=unit.retries + self.store.take_retries(), rank=self.rank,
+                                  osts=",".join(map(str, unit.osts)),
+                                  seconds=round(time.time() - unit.started, 6), message=message))
+        return out
+
+
+_BUSY = "the file was being modified by another client while it was exported; retry later"
+_KEY_MESSAGES = {
+    ErrorCode.PATH_SIZE_TOO_LONG: "the object key would be longer than 1024 bytes",
+    ErrorCode.PATH_NOT_UTF8: "the path is not valid UTF-8, so it cannot be an S3 key",
+}

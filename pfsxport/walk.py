@@ -1,0 +1,110 @@
+"""Directory scanning and file reading on any POSIX tree.
+
+Local: no MPI, no S3. Paths are relative to the file-system root and '/'-joined;
+names that are not valid UTF-8 stay as surrogate-escaped str (os.fsdecode).
+"""
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass
+
+from .model import Entry
+
+SEEK_DATA = getattr(os, "SEEK_DATA", None)
+SEEK_HOLE = getattr(os, "SEEK_HOLE", None)
+
+
+@dataclass(slots=True)
+class ScanResult:
+    entries: list[Entry]
+    error: OSError | None = None  # the directory itself could not be listed
+
+
+def join(rel: str, name: str) -> str:
+    return f"{rel}/{name}" if rel else name
+
+
+def lstat_entry(fs_root: str, rel: str) -> Entry:
+    return Entry.from_stat(rel, os.lstat(os.path.join(fs_root, rel)))
+
+
+def scan_dir(fs_root: str, rel: str, skip: frozenset[str] = frozenset()) -> ScanResult:
+    """lstat every child of fs_root/rel, in name order; children named in `skip` (relative
+    paths, e.g. the state directory) are left out. Children that vanish are left out."""
+    out: list[Entry] = []
+    try:
+        with os.scandir(os.path.join(fs_root, rel) if rel else fs_root) as it:
+            items = sorted(it, key=lambda d: d.name)
+    except OSError as e:
+        return ScanResult([], e)
+    for d in items:
+        path = join(rel, d.name)
+        if path in skip:
+            continue
+        try:
+            out.append(Entry.from_stat(path, d.stat(follow_symlinks=False)))
+        except FileNotFoundError:
+            continue
+    return ScanResult(out)
+
+
+def same_file(st: os.stat_result, snapshot: tuple[int, int, int, int]) -> bool:
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) == snapshot
+
+
+def snapshot_of(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+def read_range(fd: int, offset: int, length: int) -> bytes:
+    """Read [offset, offset+length) of an open file; holes of a sparse file come back as
+    zeros without being read from disk (SEEK_DATA/SEEK_HOLE where the OS has them)."""
+    if length == 0:
+        return b""
+    if SEEK_DATA is None:
+        return _pread_all(fd, offset, length)
+    end = offset + length
+    try:
+        data_at = os.lseek(fd, offset, SEEK_DATA)
+    except OSError as e:
+        if e.errno == errno.ENXIO:  # only a hole from here to EOF
+            return bytes(length)
+        if e.errno in (errno.EINVAL, errno.EOPNOTSUPP):
+            return _pread_all(fd, offset, length)
+        raise
+    if data_at == offset:
+        hole_at = os.lseek(fd, offset, SEEK_HOLE)
+        if hole_at >= end:  # the common case: no hole in this range
+            return _pread_all(fd, offset, length)
+    buf = bytearray(length)
+    pos = offset
+    while pos < end:
+        try:
+            data_at = os.lseek(fd, pos, SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:
+                break
+            raise
+        if data_at >= end:
+            break
+        hole_at = min(os.lseek(fd, data_at, SEEK_HOLE), end)
+        chunk = _pread_all(fd, data_at, hole_at - data_at)
+        buf[data_at - offset:data_at - offset + len(chunk)] = chunk
+        pos = hole_at
+    return bytes(buf)
+
+
+def _pread_all(fd: int, offset: int, length: int) -> bytes:
+    data = os.pread(fd, length, offset)
+    if len(data) == length:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < length:
+        more = os.pread(fd, length - got, offset + got)
+        if not more:  # EOF: the file shrank; the caller's stat check sees it
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)

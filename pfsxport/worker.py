@@ -1,0 +1,113 @@
+"""One rank's work loop: pull units through a channel, run them in a bounded thread pool,
+push outcomes back. Local: no MPI (the channel hides where the scheduler is).
+
+Two budgets: light tasks (scans, directories, symlinks, small files: many in flight, they
+wait on the network) and heavy tasks (multipart starts and parts: each holds a part in
+memory, so few in flight).
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
+
+from .errors import ErrorCode
+from .model import BatchUnit, FinishUnit, LargeFileUnit, PartUnit, ReportRow, RowStatus, UnitOutcome
+from .schedule import STOP, WAIT
+
+log = logging.getLogger("pfsxport")
+
+
+class Channel(Protocol):
+    def exchange(self, outcomes: list[UnitOutcome], want_light: int, want_heavy: int): ...
+
+
+class Worker:
+    def __init__(self, transfer, channel: Channel, concurrency: int, parts_in_flight: int):
+        self.transfer = transfer
+        self.channel = channel
+        self.concurrency = concurrency
+        self.parts_in_flight = parts_in_flight
+
+    def _tasks(self, unit) -> list:
+        if isinstance(unit, BatchUnit):
+            return [lambda e=e: self.transfer.export_entry(e) for e in unit.entries]
+        return [lambda: self.transfer.run(unit)]
+
+    def _safe(self, uid: int, fn) -> tuple[int, UnitOutcome]:
+        try:
+            return uid, fn()
+        except Exception as err:  # a bug in one task must not hang the job
+            log.exception("internal error in a work unit")
+            return uid, UnitOutcome(uid, rows=[ReportRow("", "unknown", 0, RowStatus.FAILED,
+                                                         ErrorCode.INTERNAL_ERROR.value,
+                                                         message=f"{type(err).__name__}: {err}"[:500])])
+
+    def run(self) -> None:
+        C, P = self.concurrency, self.parts_in_flight
+        done: queue.SimpleQueue = queue.SimpleQueue()
+        light: deque = deque()
+        heavy: deque = deque()
+        running = {"light": 0, "heavy": 0}
+        partial: dict[int, list] = {}  # uid -> [tasks left, merged outcome]
+        outbox: list[UnitOutcome] = []
+        urgent = False
+        backoff = 0.0
+        last = 0.0
+        with ThreadPoolExecutor(max_workers=C + P, thread_name_prefix="pfsxport") as pool:
+            while True:
+                for q, kind, cap in ((light, "light", C), (heavy, "heavy", P)):
+                    while q and running[kind] < cap:
+                        uid, fn = q.popleft()
+                        running[kind] += 1
+                        fut = pool.submit(self._safe, uid, fn)
+                        fut.add_done_callback(lambda f, k=kind: done.put((k, f.result())))
+                want_light = min(8, C - len(light) - running["light"]) if len(light) < C else 0
+                want_heavy = max(0, 2 * P - len(heavy) - running["heavy"])
+                now = time.monotonic()
+                flush = urgent or len(outbox) >= 64 or (outbox and now - last >= 0.05)
+                hungry = (want_light > 0 or want_heavy > 0) and now - last >= backoff
+                if flush or hungry:
+                    reply = self.channel.exchange(outbox, max(0, want_light), want_heavy)
+                    outbox, urgent, last = [], False, time.monotonic()
+                    if reply is STOP:
+                        return
+                    if reply is WAIT:
+                        backoff = min(0.02, max(0.001, backoff * 2))
+                    else:
+                        backoff = 0.0
+                        for unit in reply:
+                            tasks = self._tasks(unit)
+                            partial[unit.uid] = [len(tasks), UnitOutcome(unit.uid)]
+                            q = heavy if isinstance(unit, (PartUnit, LargeFileUnit)) else light
+                            q.extend((unit.uid, t) for t in tasks)
+                        continue
+                busy = running["light"] + running["heavy"]
+                try:
+                    item = done.get(timeout=0.005 if busy else max(backoff, 0.001))
+                except queue.Empty:
+                    continue
+                while True:
+                    kind, (uid, o) = item
+                    running[kind] -= 1
+                    slot = partial[uid]
+                    slot[0] -= 1
+                    merged: UnitOutcome = slot[1]
+                    merged.rows += o.rows
+                    merged.units += o.units
+                    merged.started += o.started
+                    merged.parts += o.parts
+                    merged.bytes_sent += o.bytes_sent
+                    merged.discovered = o.discovered or merged.discovered
+                    if slot[0] == 0:
+                        del partial[uid]
+                        outbox.append(merged)
+                        urgent = urgent or bool(merged.units or merged.started or merged.parts
+                                                or isinstance(merged, FinishUnit))
+                    try:
+                        item = done.get_nowait()
+                    except queue.Empty:
+                        break

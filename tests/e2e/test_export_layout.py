@@ -1,0 +1,86 @@
+"""The hard tree exported by 1 (plain process), 2 and 4 MPI ranks into real S3 servers:
+FSx layout, identical buckets, failures.csv, a report row per entry, counts that add up."""
+from __future__ import annotations
+
+import csv
+import io
+import os
+
+import h5py
+import pytest
+
+from conftest import describe, list_keys, run_export, task_id_of
+from treeutil import PART, assert_bucket_matches_tree, build_hard_tree
+
+
+@pytest.fixture(scope="module")
+def hard_tree(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("hard") / "fs")
+    build_hard_tree(root)
+    return root
+
+
+def _parse_failures(text: str) -> dict[str, tuple[str, str]]:
+    rows = list(csv.reader(io.StringIO(text)))
+    return {r[0]: (r[1], r[2]) for r in rows}
+
+
+@pytest.mark.timeout(600)
+def test_hard_tree_by_1_2_4_ranks(server, hard_tree, tmp_path):
+    bucket = server.new_bucket()
+    c = server.client()
+    state = str(tmp_path / "state")
+    snapshots = {}
+    for ranks in (None, 2, 4):
+        label = f"r{ranks or 1}"
+        r = run_export(server, ["--fs-root", hard_tree, "--repository", f"s3://{bucket}/{label}/",
+                                "--report-path", f"s3://{bucket}/reports", "--state-dir", state,
+                                "--part-size", "5MiB", "--multipart-threshold", "5MiB"], ranks=ranks)
+        task = task_id_of(r)
+        # some files are meant to fail (too-long key, non-UTF-8 name): the task is FAILED, exit 3
+        assert r.returncode == 3, r.stderr
+        if ranks:
+            assert f"with {ranks} rank(s)" in r.stderr  # the job really ran with that world size
+        fails = assert_bucket_matches_tree(c, bucket, f"{label}/", hard_tree,
+                                           dir_metadata=server.keeps_dir_metadata,
+                                           content_types=server.name == "moto")
+        assert "PathNotUtf8" in fails.values() and "PathSizeTooLong" in fails.values()
+
+        # failures.csv in the bucket: exactly the failing entries, FSx columns, no header
+        text = c.get_object(Bucket=bucket, Key=f"reports/{task}/failures.csv")["Body"].read().decode()
+        got = _parse_failures(text)
+        want = {p.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"): ("failed", code)
+                for p, code in fails.items()}
+        assert got == want
+        assert text.endswith("\n") and "\r" not in text
+
+        # the task record: FAILED with a message, counts add up
+        t = describe(task, state)
+        st = t["Status"]
+        assert t["Lifecycle"] == "FAILED" and t["FailureDetails"]["Message"]
+        assert st["TotalCount"] == st["SucceededCount"] + st["FailedCount"]
+        assert st["FailedCount"] == len(fails)
+        exported = len(list_keys(c, bucket, f"{label}/"))
+        assert st["SucceededCount"] == exported
+
+        # report.h5 beside failures.csv and in the state directory: one row per entry
+        local = os.path.join(state, "tasks", task, "report.h5")
+        with h5py.File(local) as f:
+            g = f["entries"]
+            status = [s.decode() for s in g["status"][:]]
+            assert len(status) == st["TotalCount"] + 1  # + the FIFO, skipped
+            assert status.count("skipped") == 1
+            assert f.attrs["TaskId"] == task
+            big = [i for i, p in enumerate(g["path"][:]) if p.decode() == "big/several-parts"][0]
+            assert g["parts"][big] == 4 and g["bytes"][big] == 3 * PART + 777
+            if ranks == 4:
+                assert len(set(g["rank"][:])) > 1  # work really spread over ranks
+        remote = c.get_object(Bucket=bucket, Key=f"reports/{task}/report.h5")["Body"].read()
+        assert remote == open(local, "rb").read()
+        assert c.head_object(Bucket=bucket, Key=f"reports/{task}/report.csv")["ContentLength"] > 0
+
+        snapshots[label] = {
+            k[len(label) + 1:]: (v, c.head_object(Bucket=bucket, Key=k)["Metadata"])
+            for k, v in list_keys(c, bucket, f"{label}/").items()}
+    assert snapshots["r1"] == snapshots["r2"] == snapshots["r4"]
+    assert c.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
