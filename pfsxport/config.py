@@ -207,16 +207,18 @@ def load_yaml(path: str) -> dict[str, Any]:
 
 def resolve(file_values: dict[str, Any], cli_values: dict[str, Any], config_path: str | None) -> ExportConfig:
     """Merge (command line wins), validate each value, and build the config."""
-    values: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    merged: dict[str, Any] = {}
     for source, raw in ((config_path or "the config", file_values), ("the command line", cli_values)):
         for k, v in raw.items():
-            if v is None:
-                continue
-            try:
-                values[k] = SCHEMA[k](v)
-            except ValueError as e:
-                raise ConfigError(f"key '{k}' in {source}: {e}") from None
-    origin = {k: (config_path or "the config") for k in file_values} | {k: "the command line" for k, v in cli_values.items() if v is not None}
+            if v is not None:
+                merged[k], origin[k] = v, source
+    values: dict[str, Any] = {}
+    for k, v in merged.items():
+        try:
+            values[k] = SCHEMA[k](v)
+        except ValueError as e:
+            raise ConfigError(f"key '{k}' in {origin[k]}: {e}") from None
 
     def need(k: str) -> Any:
         if k not in values:

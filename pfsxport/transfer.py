@@ -36,6 +36,10 @@ class TransferOptions:
     busy_retries: int
 
 
+# Test hook: seconds to sleep before each entry and part, so tests can cancel or interrupt
+# an export at a known moment. Never set in production.
+_TEST_DELAY = float(os.environ.get("PFSXPORT_TEST_ENTRY_DELAY", "0") or 0)
+
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NOCTTY | os.O_NONBLOCK
 _NOATIME = getattr(os, "O_NOATIME", 0)
 
@@ -123,6 +127,8 @@ class Transfer:
         """Export one directory, symlink or small file (a grown file becomes a LargeFileUnit)."""
         t0 = time.monotonic()
         out = UnitOutcome(0)
+        if _TEST_DELAY:
+            time.sleep(_TEST_DELAY)
         try:
             row_or_unit = self._export_entry(e, t0)
         except StoreError as err:
@@ -246,6 +252,8 @@ class Transfer:
     def part(self, unit: PartUnit) -> PartDone:
         p = unit.part
         done = PartDone(unit.upload_id, p.number, length=p.length)
+        if _TEST_DELAY:
+            time.sleep(_TEST_DELAY * 4)
         try:
             fd = open_for_read(self.abspath(unit.path))
         except OSError:

@@ -95,7 +95,7 @@ def export_cmd(ranks: int | None, args: list[str]) -> list[str]:
 def run_export(server: Server, args: list[str], ranks: int | None = None, timeout: float = 240,
                env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `pfsxport export` (under `mpiexec -n ranks` when given) and return the result."""
-    e = dict(os.environ, **server.env(), **(env or {}))
+    e = {**os.environ, **server.env(), **(env or {})}
     e.pop("PFSXPORT_STATE_DIR", None)
     return subprocess.run(export_cmd(ranks, args), env=e, capture_output=True, text=True, timeout=timeout)
 

@@ -1,0 +1,24 @@
+"""Every example in configs/ loads and validates (fs_root pointed at a real directory)."""
+from __future__ import annotations
+
+import glob
+import os
+
+import pytest
+
+from pfsxport.config import load_yaml, resolve
+
+CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "..", "configs", "*.yaml")))
+
+
+def test_there_are_examples():
+    assert len(CONFIGS) >= 3
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+def test_example_config_loads(path, tmp_path):
+    values = load_yaml(path)
+    assert "repository" in values
+    cfg = resolve(values, {"fs_root": str(tmp_path)}, path)
+    assert cfg.repository.bucket and cfg.repository.prefix.endswith("/")
+    assert cfg.transfer.part_size % (1 << 20) == 0
