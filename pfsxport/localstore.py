@@ -124,7 +124,7 @@ class SeaweedFS:
         except c.exceptions.BucketAlreadyOwnedByYou:
             pass
 
-    def stop(self, timeout: float = 15.0) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
         if self.proc and self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGTERM)

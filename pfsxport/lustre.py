@@ -45,7 +45,15 @@ def _parse_sub(lines: list[str], start: int, end: int | None) -> Component | Non
 
 
 def parse_getstripe(text: str) -> StripeLayout | None:
-    """Parse one file's `lfs getstripe -y` (plain or composite/PFL/FLR) output."""
+    """Parse one file's `lfs getstripe -y` (plain or composite/PFL/FLR) output; None when
+    the text is not a layout (cut off, garbled), so the caller falls back to the default."""
+    try:
+        return _parse_getstripe(text)
+    except (ValueError, IndexError):
+        return None
+
+
+def _parse_getstripe(text: str) -> StripeLayout | None:
     lines = text.splitlines()
     if not any("lcme_id" in ln for ln in lines):
         comp = _parse_sub(lines, 0, None)

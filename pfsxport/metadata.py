@@ -4,11 +4,14 @@ Pure: standard library only. Implements SPEC §2 and FSx facts L-1..L-9, E-14.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from .errors import ConfigError, ErrorCode
 from .model import Entry, EntryKind
 
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_IPV4 = re.compile(r"\d{1,3}(\.\d{1,3}){3}")
 MAX_KEY_BYTES = 1024
 USER_AGENT = "aws-fsx-lustre"
 DIRECTORY_CONTENT_TYPE = "application/x-directory"
@@ -34,9 +37,9 @@ def parse_s3_url(url: str, *, what: str = "repository", directory: bool = True) 
         raise ConfigError(f"{what} must be an s3://BUCKET/PREFIX URL, got {url!r}")
     rest = url[5:]
     bucket, _, prefix = rest.partition("/")
-    if not (3 <= len(bucket) <= 63) or not all(c.isalnum() or c in "-." for c in bucket) \
-            or bucket != bucket.lower():
-        raise ConfigError(f"{what} {url!r}: bucket name {bucket!r} is not a valid S3 bucket name")
+    if not _BUCKET.fullmatch(bucket) or ".." in bucket or _IPV4.fullmatch(bucket):
+        raise ConfigError(f"{what} {url!r}: bucket name {bucket!r} is not a valid S3 bucket name "
+                          "(3-63 characters of a-z 0-9 . -, starting and ending with a letter or digit)")
     prefix = prefix.lstrip("/")
     if "//" in prefix:
         raise ConfigError(f"{what} {url!r}: prefix contains an empty path segment")

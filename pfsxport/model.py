@@ -88,8 +88,9 @@ class StripeLayout:
             lo = max(c.start, offset)
             if lo >= c_end or not c.osts:
                 continue
-            first = (lo - c.start) // c.stripe_size
-            last = (c_end - 1 - c.start) // c.stripe_size
+            # Lustre numbers a component's stripes by absolute file offset (lov_stripe_number)
+            first = lo // c.stripe_size
+            last = (c_end - 1) // c.stripe_size
             for i in range(first, min(last, first + len(c.osts) - 1) + 1):
                 seen.setdefault(c.osts[i % len(c.osts)])
         return tuple(seen)

@@ -4,6 +4,8 @@ Pure: standard library only.
 """
 from __future__ import annotations
 
+import math
+
 from .model import Part, StripeLayout
 
 KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
@@ -26,9 +28,12 @@ def part_size_for(size: int, stripe_size: int, target: int) -> int:
     if stripe_size <= 0 or stripe_size > S3_MAX_PART:
         return min(want, S3_MAX_PART)
     aligned = _round_up(want, stripe_size)
-    if aligned > S3_MAX_PART:  # cannot align within 5 GiB; stay within the limit instead
-        return min(want, S3_MAX_PART)
-    return aligned
+    if aligned <= S3_MAX_PART:
+        return aligned
+    largest = (S3_MAX_PART // stripe_size) * stripe_size  # the biggest aligned part S3 takes
+    if largest >= max(S3_MIN_PART, -(-size // S3_MAX_PARTS)):
+        return largest
+    return min(want, S3_MAX_PART)  # cannot align within S3's limits; stay within them
 
 
 def plan_parts(size: int, layout: StripeLayout, target: int) -> list[Part]:
@@ -60,6 +65,6 @@ def parse_size(text: str | int) -> int:
         value = float(num)
     except ValueError:
         raise ValueError(f"not a size: {text!r} (use e.g. 4096, 64KiB, 16MiB, 5GiB)") from None
-    if value < 0:
-        raise ValueError(f"size must not be negative: {text!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"not a size: {text!r} (must be finite and not negative)")
     return int(value * units[unit])

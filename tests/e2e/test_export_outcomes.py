@@ -98,7 +98,7 @@ def test_cancel_from_another_shell_and_one_task_at_a_time(seaweed, tmp_path):
     root = _slow_tree(tmp_path / "fs")
     bucket = seaweed.new_bucket()
     state = str(tmp_path / "st")
-    env = dict(os.environ, **seaweed.env(), PFSXPORT_TEST_ENTRY_DELAY="0.05")
+    env = dict(os.environ, **seaweed.env(), PFSXPORT_TEST_ENTRY_DELAY="0.2")
     a = args(root, bucket, state, "--part-size", "5MiB", "--multipart-threshold", "5MiB", "--concurrency", "2",
              "--parts-in-flight", "2", "--progress-interval", "0.5")
     proc = subprocess.Popen(export_cmd(2, a), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -195,3 +195,53 @@ def test_demo_runs_and_shows_the_task_and_report():
     assert '"Lifecycle": "SUCCEEDED"' in r.stdout
     assert "failures.csv" in r.stdout and "report.h5" in r.stdout
     assert "with 2 rank(s)" in r.stderr and "progress:" in r.stderr
+
+
+def rank_pids(mark: str) -> dict[int, int]:
+    """{rank: pid} of the pfsxport ranks whose environment carries PFSXPORT_TEST_MARK=mark."""
+    out = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+            cmd = open(f"/proc/{pid}/cmdline", "rb").read()
+        except OSError:
+            continue
+        if b"pfsxport" in cmd and b"mpiexec" not in cmd:
+            vals = dict(kv.split(b"=", 1) for kv in env if b"=" in kv)
+            if b"PMI_RANK" in vals and vals.get(b"PFSXPORT_TEST_MARK") == mark.encode():
+                out[int(vals[b"PMI_RANK"])] = int(pid)
+    return out
+
+
+@pytest.mark.timeout(300)
+def test_a_rank_killed_mid_export_leaves_nothing_torn_and_the_task_failed(seaweed, tmp_path):
+    root = _slow_tree(tmp_path / "fs")
+    bucket = seaweed.new_bucket()
+    state = str(tmp_path / "st")
+    env = dict(os.environ, **seaweed.env(), PFSXPORT_TEST_ENTRY_DELAY="0.2", PFSXPORT_TEST_MARK="kill-test")
+    a = args(root, bucket, state, "--part-size", "5MiB", "--multipart-threshold", "5MiB", "--concurrency", "2")
+    proc = subprocess.Popen(export_cmd(2, a), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        task = proc.stdout.readline().strip()
+        assert _wait_for(lambda: describe(task, state)["Status"]["SucceededCount"] >= 20)
+        pids = rank_pids("kill-test")
+        assert set(pids) == {0, 1}
+        os.kill(pids[1], 9)
+        proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    t = describe(task, state)  # the job is gone: its record is not left EXECUTING
+    assert t["Lifecycle"] == "FAILED" and "ended without finishing" in t["FailureDetails"]["Message"]
+    client = seaweed.client()
+    for key, size in list_keys(client, bucket, "x/").items():
+        if key.endswith("/"):
+            continue
+        body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        assert body == open(os.path.join(root, key[2:]), "rb").read(), f"{key} is torn"
+    # a new task on the same file system is not blocked by the dead one
+    r = run_export(seaweed, args(root, bucket, state, "d"))
+    assert r.returncode == 0, r.stderr

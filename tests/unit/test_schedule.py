@@ -1,0 +1,323 @@
+"""pfsxport.schedule.Scheduler driven by hand: no MPI, no S3, fake units and outcomes.
+
+Requirements: STOP only when nothing is left anywhere; every multipart upload ends in exactly one
+FinishUnit; cancel (T-7) drops queued work but lets open uploads finish; counts add up (T-5)."""
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from pfsxport.model import (BatchUnit, DirUnit, Discovered, Entry, EntryKind, FinishUnit, LargeFileUnit, Part,
+                            PartDone, PartUnit, ReportRow, RowStatus, UnitOutcome, UploadStarted)
+from pfsxport.schedule import STOP, WAIT, Scheduler, root_units
+
+MiB = 1 << 20
+
+
+def fentry(path="big", size=48 * MiB) -> Entry:
+    return Entry(path, EntryKind.FILE, size, 0o100644, 1, 1, 10, 20, 30, ino=7)
+
+
+def rows(*statuses: RowStatus, path="f") -> list[ReportRow]:
+    return [ReportRow(f"{path}{i}", "file", 1, s) for i, s in enumerate(statuses)]
+
+
+def started(upload_id="up1", entry=None, nparts=3, osts=None) -> UploadStarted:
+    entry = entry or fentry()
+    psize = 16 * MiB
+    parts = [Part(n, (n - 1) * psize, psize, (osts[n - 1],) if osts else ()) for n in range(1, nparts + 1)]
+    return UploadStarted(upload_id, "prefix/" + entry.path, entry, parts, attempt=0, started=123.0)
+
+
+def done(unit: PartUnit, **kw) -> UnitOutcome:
+    p = unit.part
+    pd = PartDone(unit.upload_id, p.number, etag=f"etag{p.number}", crc_b64=f"b64-{p.number}", crc=p.number,
+                  length=p.length, **kw)
+    return UnitOutcome(unit.uid, parts=[pd], bytes_sent=0 if (kw.get("changed") or kw.get("error_code")) else p.length)
+
+
+def make(roots, nranks=2, **kw):
+    got: list[ReportRow] = []
+    return Scheduler(list(roots), got.extend, nranks, **kw), got
+
+
+def open_upload(nparts=3, **kw):
+    """A scheduler with one LargeFileUnit handed to rank 0, and that upload started: returns the
+    scheduler and the PartUnits it then hands out."""
+    s, sink = make([LargeFileUnit(fentry())])
+    [lfu] = s.exchange(0, [], 0, 1)
+    assert isinstance(lfu, LargeFileUnit)
+    given = s.exchange(0, [UnitOutcome(lfu.uid, started=[started(nparts=nparts, **kw)])], 0, 10)
+    return s, given
+
+
+# ---- STOP and WAIT -----------------------------------------------------------------------------
+
+def test_empty_scheduler_stops():
+    s, _ = make([])
+    assert s.exchange(0, [], 1, 1) is STOP
+
+
+def test_stop_only_after_all_outstanding_outcomes():
+    s, sink = make([DirUnit("")])
+    [d] = s.exchange(0, [], 1, 0)
+    assert isinstance(d, DirUnit) and d.path == ""
+    # rank 0 holds the only unit: others must wait, not stop
+    assert s.exchange(1, [], 1, 1) is WAIT
+    assert s.exchange(1, [], 4, 4) is WAIT
+    batch = BatchUnit([fentry("a", 1), fentry("b", 2)])
+    sub = DirUnit("sub")
+    out = s.exchange(0, [UnitOutcome(d.uid, rows=rows(RowStatus.SUCCEEDED), units=[batch, sub],
+                                     discovered=Discovered(3, 3))], 1, 0)
+    assert len(out) == 1
+    # hand everything out, then return the outcomes one by one
+    held = {0: out}
+    while True:
+        more = s.exchange(1, [], 1, 0)
+        if not isinstance(more, list):
+            break
+        held.setdefault(1, []).extend(more)
+    assert more is WAIT
+    units = [u for us in held.values() for u in us]
+    assert {type(u) for u in units} == {BatchUnit, DirUnit}
+    for u in units[:-1]:
+        assert s.exchange(0, [UnitOutcome(u.uid)], 0, 0) is WAIT
+        assert not s.finished
+    assert s.exchange(0, [UnitOutcome(units[-1].uid)], 1, 1) is STOP
+    assert s.finished
+    assert s.progress().discovered == 3
+
+
+def test_signals_keep_identity_across_pickling():
+    assert pickle.loads(pickle.dumps(STOP)) is STOP
+    assert pickle.loads(pickle.dumps(WAIT)) is WAIT
+    assert STOP is not WAIT
+
+
+@pytest.mark.parametrize("want_light, want_heavy, expected", [
+    (1, 0, 1), (3, 0, 3), (10, 0, 5), (0, 0, None), (2, 2, 2),
+])
+def test_exchange_gives_at_most_what_is_wanted(want_light, want_heavy, expected):
+    s, _ = make([BatchUnit([fentry(str(i), 1)]) for i in range(5)])
+    got = s.exchange(0, [], want_light, want_heavy)
+    if expected is None:
+        assert got is WAIT  # nothing asked for, yet work remains: not STOP
+    else:
+        assert len(got) == expected and all(isinstance(u, BatchUnit) for u in got)
+        assert len({u.uid for u in got}) == expected
+
+
+def test_heavy_slots_do_not_take_light_units():
+    s, _ = make([BatchUnit([fentry("a", 1)]), LargeFileUnit(fentry())])
+    got = s.exchange(0, [], 0, 5)
+    assert [type(u) for u in got] == [LargeFileUnit]
+    got = s.exchange(1, [], 5, 0)
+    assert [type(u) for u in got] == [BatchUnit]
+
+
+# ---- multipart uploads -------------------------------------------------------------------------
+
+def test_upload_three_parts_one_finish():
+    s, parts = open_upload(3, osts=[4, 5, 4])
+    assert [type(u) for u in parts] == [PartUnit] * 3
+    assert [u.part.number for u in parts] == [1, 2, 3]
+    assert all(u.upload_id == "up1" and u.key == "prefix/big" and u.path == "big" for u in parts)
+    assert all(u.snapshot == fentry().snapshot() for u in parts)
+    # parts finish out of order; no FinishUnit until the last one is in
+    assert s.exchange(1, [done(parts[2])], 5, 0) is WAIT
+    assert s.exchange(1, [done(parts[0])], 5, 0) is WAIT
+    [fin] = s.exchange(1, [done(parts[1])], 5, 0)
+    assert isinstance(fin, FinishUnit)
+    assert fin.upload_id == "up1" and fin.key == "prefix/big" and fin.entry == fentry()
+    assert fin.parts == [(1, "etag1", "b64-1"), (2, "etag2", "b64-2"), (3, "etag3", "b64-3")]
+    assert fin.crcs == [(1, 16 * MiB), (2, 16 * MiB), (3, 16 * MiB)]
+    assert fin.osts == (4, 5)
+    assert fin.error_code == "" and fin.retry_file is False
+    assert fin.started == 123.0
+    # exactly one FinishUnit
+    assert s.exchange(0, [], 5, 5) is WAIT
+    assert s.exchange(0, [UnitOutcome(fin.uid, rows=rows(RowStatus.SUCCEEDED))], 5, 5) is STOP
+    p = s.progress()
+    assert p.open_uploads == 0 and p.bytes_sent == 48 * MiB
+    assert (p.counts.total, p.counts.succeeded, p.counts.failed) == (1, 1, 0)
+
+
+def _drain_finish(s, rank=0):
+    """Ask for work until the FinishUnit appears; return (finish units, other units)."""
+    finishes, others = [], []
+    for _ in range(5):
+        got = s.exchange(rank, [], 4, 4)
+        if not isinstance(got, list):
+            continue
+        for u in got:
+            (finishes if isinstance(u, FinishUnit) else others).append(u)
+        if finishes:
+            break
+    return finishes, others
+
+
+def test_changed_part_retries_file_and_drops_queued_parts():
+    s, sink = make([LargeFileUnit(fentry())])
+    [lfu] = s.exchange(0, [], 0, 1)
+    # only one part handed out
+    [p1] = s.exchange(0, [UnitOutcome(lfu.uid, started=[started(nparts=3)])], 0, 1)
+    assert p1.part.number == 1 and len(s.parts) == 2
+    s.exchange(0, [done(p1, changed=True)], 0, 0)
+    finishes, others = _drain_finish(s)
+    assert others == [], "the remaining parts of a changed file are never handed out"
+    [fin] = finishes
+    assert fin.retry_file is True
+    assert fin.error_code == ""
+    assert fin.parts == []  # nothing to complete: the upload is aborted
+    assert not s.parts
+    assert s.exchange(1, [], 4, 4) is WAIT
+    assert s.exchange(0, [UnitOutcome(fin.uid)], 4, 4) is STOP
+
+
+def test_changed_part_while_other_parts_in_flight():
+    s, parts = open_upload(3)
+    s.exchange(1, [done(parts[0], changed=True)], 0, 0)
+    assert s.exchange(1, [], 4, 4) is WAIT  # parts 2 and 3 still running: no finish yet
+    [fin] = s.exchange(1, [done(parts[1]), done(parts[2])], 4, 4)
+    assert isinstance(fin, FinishUnit) and fin.retry_file is True and fin.error_code == ""
+
+
+def test_error_part_aborts_with_error_code():
+    s, sink = make([LargeFileUnit(fentry())])
+    [lfu] = s.exchange(0, [], 0, 1)
+    [p1, p2] = s.exchange(0, [UnitOutcome(lfu.uid, started=[started(nparts=4)])], 0, 2)
+    s.exchange(0, [done(p1), done(p2, error_code="S3AccessDenied", error_message="403 Forbidden")], 0, 0)
+    finishes, others = _drain_finish(s)
+    assert others == [], "parts 3 and 4 are dropped once the upload is broken"
+    [fin] = finishes
+    assert fin.error_code == "S3AccessDenied"
+    assert fin.error_message == "403 Forbidden"
+    assert fin.retry_file is False
+    assert (2, "etag2", "b64-2") not in fin.parts
+
+
+def test_first_error_wins():
+    s, parts = open_upload(3)
+    [fin] = s.exchange(0, [done(parts[0], error_code="S3Error", error_message="first"),
+                           done(parts[1], error_code="S3AccessDenied", error_message="second"),
+                           done(parts[2])], 4, 0)
+    assert (fin.error_code, fin.error_message) == ("S3Error", "first")
+
+
+def test_part_done_for_unknown_upload_is_ignored():
+    s, parts = open_upload(1)
+    stray = UnitOutcome(999, parts=[PartDone("nope", 1)])
+    assert s.exchange(0, [stray], 4, 0) is WAIT
+    [fin] = s.exchange(0, [done(parts[0])], 4, 0)
+    assert isinstance(fin, FinishUnit)
+
+
+def test_upload_without_parts_is_finished_at_once():
+    s, sink = make([LargeFileUnit(fentry())])
+    [lfu] = s.exchange(0, [], 0, 1)
+    [fin] = s.exchange(0, [UnitOutcome(lfu.uid, started=[started(nparts=0)])], 1, 1)
+    assert isinstance(fin, FinishUnit) and fin.parts == []
+
+
+def test_max_open_uploads_limits_large_files():
+    s, _ = make([LargeFileUnit(fentry("a")), LargeFileUnit(fentry("b"))], max_open_uploads=1)
+    [a] = s.exchange(0, [], 0, 1)
+    got = s.exchange(0, [UnitOutcome(a.uid, started=[started("upA", fentry("a"), nparts=1)])], 0, 5)
+    assert [type(u) for u in got] == [PartUnit], "b waits while upload A is open"
+    [fin] = s.exchange(0, [done(got[0])], 1, 0)
+    got = s.exchange(0, [UnitOutcome(fin.uid)], 0, 5)
+    assert [type(u) for u in got] == [LargeFileUnit] and got[0].entry.path == "b"
+
+
+def test_finish_units_go_before_other_light_work():
+    s, _ = make([LargeFileUnit(fentry())] + [BatchUnit([fentry(str(i), 1)]) for i in range(3)])
+    [lfu] = s.exchange(0, [], 0, 1)
+    [part] = s.exchange(0, [UnitOutcome(lfu.uid, started=[started(nparts=1)])], 0, 1)
+    got = s.exchange(0, [done(part)], 1, 0)
+    assert [type(u) for u in got] == [FinishUnit]
+
+
+# ---- cancel (T-7) -------------------------------------------------------------------------------
+
+def test_cancel_drops_queued_work_keeps_open_uploads():
+    s, sink = make([LargeFileUnit(fentry("big")), LargeFileUnit(fentry("big2")), DirUnit("d1"), DirUnit("d2"),
+                    BatchUnit([fentry("x", 1)])])
+    [lfu] = s.exchange(0, [], 0, 1)
+    assert lfu.entry.path == "big"
+    [p1] = s.exchange(0, [UnitOutcome(lfu.uid, started=[started(nparts=3)])], 0, 1)
+    s.cancel()
+    assert s.progress().canceled
+    assert not s.large and not s.batches and not s.dirs
+    assert len(s.parts) == 2, "parts of an open upload stay queued"
+    # new light work arriving after the cancel is not queued; parts and finishes are
+    late = UnitOutcome(p1.uid, parts=done(p1).parts, units=[DirUnit("late"), BatchUnit([fentry("y", 1)]),
+                                                         LargeFileUnit(fentry("late"))])
+    got = s.exchange(0, [late], 4, 4)
+    assert [type(u) for u in got] == [PartUnit, PartUnit]
+    assert s.exchange(1, [], 4, 4) is WAIT
+    [fin] = s.exchange(0, [done(u) for u in got], 4, 4)
+    assert isinstance(fin, FinishUnit)
+    assert fin.parts == [(1, "etag1", "b64-1"), (2, "etag2", "b64-2"), (3, "etag3", "b64-3")]
+    assert fin.error_code == ""  # in-flight files finish normally
+    assert s.exchange(0, [UnitOutcome(fin.uid, rows=rows(RowStatus.SUCCEEDED))], 4, 4) is STOP
+
+
+def test_cancel_with_nothing_in_flight_stops():
+    s, _ = make([DirUnit(""), BatchUnit([fentry("a", 1)])])
+    s.cancel()
+    assert s.exchange(0, [], 4, 4) is STOP
+
+
+def test_cancel_lets_in_flight_large_file_start_and_finish():
+    s, _ = make([LargeFileUnit(fentry())])
+    [lfu] = s.exchange(0, [], 0, 1)
+    s.cancel()
+    parts = s.exchange(0, [UnitOutcome(lfu.uid, started=[started(nparts=2)])], 0, 4)
+    assert [type(u) for u in parts] == [PartUnit, PartUnit]
+    [fin] = s.exchange(0, [done(p) for p in parts], 4, 0)
+    assert isinstance(fin, FinishUnit)
+
+
+# ---- counts (T-5) --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("statuses, total, succeeded, failed, skipped", [
+    ([], 0, 0, 0, 0),
+    ([RowStatus.SUCCEEDED], 1, 1, 0, 0),
+    ([RowStatus.FAILED], 1, 0, 1, 0),
+    ([RowStatus.SUCCEEDED_WITH_WARNING], 1, 1, 0, 0),   # warnings count as succeeded
+    ([RowStatus.SKIPPED], 0, 0, 0, 1),                  # skipped: not counted
+    ([RowStatus.SUCCEEDED, RowStatus.FAILED, RowStatus.SKIPPED, RowStatus.SUCCEEDED_WITH_WARNING,
+      RowStatus.FAILED, RowStatus.SKIPPED], 4, 2, 2, 2),
+])
+def test_counts_add_up(statuses, total, succeeded, failed, skipped):
+    units = [BatchUnit([fentry(str(i), 1)]) for i in range(2)]
+    s, sink = make(units)
+    got = s.exchange(0, [], 2, 0)
+    half = len(statuses) // 2
+    r1 = [ReportRow(f"a{i}", "file", 1, st, retries=1) for i, st in enumerate(statuses[:half])]
+    r2 = [ReportRow(f"b{i}", "file", 1, st) for i, st in enumerate(statuses[half:])]
+    assert s.exchange(0, [UnitOutcome(got[0].uid, rows=r1), UnitOutcome(got[1].uid, rows=r2)], 2, 0) is STOP
+    p = s.progress()
+    assert (p.counts.total, p.counts.succeeded, p.counts.failed, p.skipped) == (total, succeeded, failed, skipped)
+    assert p.counts.total == p.counts.succeeded + p.counts.failed
+    assert p.retries == len(r1)
+    assert sink == r1 + r2, "every row reaches the report sink, skipped ones too"
+
+
+# ---- root_units ------------------------------------------------------------------------------------
+
+def test_root_units():
+    d = Entry("", EntryKind.DIRECTORY, 0, 0o40755, 0, 0, 0, 0, 0)
+    sub = Entry("sub", EntryKind.DIRECTORY, 0, 0o40755, 0, 0, 0, 0, 0)
+    f = fentry("file", 1)
+    routed = []
+
+    def route(es):
+        routed.extend(es)
+        return [BatchUnit(list(es))] if es else []
+
+    units = root_units([d, sub, f], route, lambda e: e.kind is EntryKind.DIRECTORY)
+    assert routed == [sub, f], "the root's own entry is not exported (SPEC §2)"
+    assert [type(u) for u in units] == [BatchUnit, DirUnit, DirUnit]
+    assert [u.path for u in units[1:]] == ["", "sub"]
