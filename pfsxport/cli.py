@@ -25,7 +25,7 @@ EXPORT_FLAGS = {
     "multipart_threshold": "transfer.multipart_threshold", "stripe_size": "transfer.stripe_size",
     "concurrency": "transfer.concurrency", "parts_in_flight": "transfer.parts_in_flight",
     "lfs": "transfer.lfs", "progress": "progress.mode", "progress_interval": "progress.interval",
-    "file_system_id": "file_system_id",
+    "file_system_id": "file_system_id", "full": "full", "delete": "delete",
 }
 
 
@@ -64,6 +64,11 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--progress", choices=["auto", "bar", "log", "off"])
     e.add_argument("--progress-interval", help="seconds between progress lines (default 10)")
     e.add_argument("--file-system-id", help="fs-... id to record (default: derived from --fs-root)")
+    e.add_argument("--full", action="store_true", default=None,
+                   help="export every entry, not only those new or changed since their last export")
+    e.add_argument("--delete", action="store_true", default=None,
+                   help="also delete the objects of entries exported earlier that are gone (renamed or "
+                        "removed); never touches keys pfsxport did not write")
     e.add_argument("paths", nargs="*", metavar="PATH", help="paths relative to --fs-root (default: all)")
 
     t = sub.add_parser("task", help="describe or cancel tasks")

@@ -54,6 +54,8 @@ class ExportConfig:
     file_system_id: str = ""
     s3: S3Settings = field(default_factory=S3Settings)
     transfer: TransferSettings = field(default_factory=TransferSettings)
+    full: bool = False
+    delete: bool = False
     progress: str = "auto"
     progress_interval: float = 10.0
     status_interval: float = 2.0
@@ -125,6 +127,12 @@ def _paths(v: Any) -> list[str]:
     return list(v)
 
 
+def _bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    raise ValueError(f"expected true or false, got {v!r}")
+
+
 def _fsid(v: Any) -> str:
     s = _str(v)
     if not (s.startswith("fs-") and len(s) >= 11 and all(c in "0123456789abcdef" for c in s[3:])):
@@ -144,6 +152,8 @@ SCHEMA: dict[str, Callable[[Any], Any]] = {
     "state_dir": _path,
     "paths": _paths,
     "file_system_id": _fsid,
+    "full": _bool,
+    "delete": _bool,
     "s3.endpoint_url": _str,
     "s3.region": _str,
     "s3.profile": _str,
@@ -252,6 +262,8 @@ def resolve(file_values: dict[str, Any], cli_values: dict[str, Any], config_path
         file_system_id=fsid,
         s3=s3,
         transfer=transfer,
+        full=values.get("full", False),
+        delete=values.get("delete", False),
         progress=values.get("progress.mode", "auto"),
         progress_interval=values.get("progress.interval", 10.0),
         status_interval=values.get("progress.status_interval", 2.0),

@@ -17,10 +17,11 @@ from .config import ExportConfig
 from .errors import ExitCode, InputError, StoreError, TaskError
 from .lifecycle import TaskLifecycle, end_state
 from .lustre import LayoutSource
+from .manifest import Manifest, manifest_dir
 from .metadata import S3Url
-from .model import Entry, EntryKind
+from .model import DirUnit, Entry, EntryKind
 from .report import FAILURES, REPORT_CSV, REPORT_H5, ReportWriter
-from .schedule import STOP, Scheduler, root_units
+from .schedule import STOP, Scheduler
 from .state import StateDir, TaskRecord, new_task_id
 from .store import Capabilities, S3Store
 from .transfer import Transfer, TransferOptions
@@ -36,6 +37,7 @@ class Setup:
     caps: Capabilities
     roots: list[Entry]
     skip: frozenset[str]
+    resumable: dict  # path -> manifest.OpenUpload that a dead job left open
 
 
 @dataclass
@@ -95,6 +97,11 @@ def _prepare(cfg: ExportConfig, state: StateDir, nranks: int, store: S3Store) ->
     rec.move(TaskLifecycle.EXECUTING)
     rec.start_time = time.time()
     state.write(rec)
+    # What a job that died made durable goes into the manifest before anything is decided.
+    open_uploads = _manifest(cfg).merge()
+    if open_uploads:
+        log.info("found %d multipart upload(s) left open by an earlier job: their parts are reused where "
+                 "the file is unchanged, else they are aborted", len(open_uploads))
     try:
         caps = store.probe(cfg.repository.prefix, cfg.s3.checksum)
     except StoreError as e:
@@ -104,7 +111,11 @@ def _prepare(cfg: ExportConfig, state: StateDir, nranks: int, store: S3Store) ->
                     "lose their file-permissions, owner and times (known for SeaweedFS)")
     log.info("store: checksum %s", "crc32 (verified by the store)" if caps.crc32_verified else
              "crc32 (sent, not verified by the store)" if caps.crc32 else "none accepted")
-    return Setup(rec.task_id, caps, roots, _skip_set(cfg))
+    return Setup(rec.task_id, caps, roots, _skip_set(cfg), {u.path: u for u in open_uploads})
+
+
+def _manifest(cfg: ExportConfig) -> Manifest:
+    return Manifest(manifest_dir(cfg.state_dir, cfg.file_system_id, str(cfg.repository)))
 
 
 def _fail_early(state: StateDir, rec: TaskRecord, message: str, code: ExitCode) -> Stop:
@@ -175,7 +186,7 @@ class Monitor(threading.Thread):
         with self.lock:
             p = self.scheduler.progress()
         dt = max(time.monotonic() - self.t0, 1e-9)
-        done = p.counts.total + p.skipped
+        done = p.counts.total + p.skipped + p.unchanged
         rate = done / dt
         mbs = p.bytes_sent / dt / 1e6
         walking = not final and (self.scheduler.dirs or self.scheduler.outstanding)
@@ -185,7 +196,7 @@ class Monitor(threading.Thread):
             eta = f", ETA {_hms((p.discovered - done) / rate) if rate else '?'}+ (walk continues)"
         else:
             eta = f", ETA {_hms(max(p.discovered - done, 0) / rate) if rate else '?'}"
-        line = (f"{done}/{p.discovered or '?'} entries, {p.counts.failed} failed, "
+        line = (f"{done}/{p.discovered or '?'} entries, {p.unchanged} unchanged, {p.counts.failed} failed, "
                 f"{p.bytes_sent / 1e6:.1f} MB sent, {rate:.0f} files/s, {mbs:.1f} MB/s{eta}")
         if self.mode == "bar" and not final:
             sys.stderr.write("\r\x1b[K" + line)
@@ -206,26 +217,59 @@ def export(world, cfg: ExportConfig) -> ExitCode:
     if isinstance(setup, Stop):
         return setup.exit_code
     store.checksum = setup.caps.crc32 and cfg.s3.checksum != "none"
+    manifest = _manifest(cfg)
+    reader = manifest.reader()
+    delta = manifest.delta_log(setup.task_id, world.rank)
     transfer = Transfer(cfg.fs_root, cfg.repository, store, LayoutSource(t.lfs, t.stripe_size),
                         TransferOptions(t.part_size, t.multipart_threshold, cfg.s3.max_object_size,
                                         t.batch_entries, t.busy_retries),
-                        rank=world.rank, skip=setup.skip)
+                        rank=world.rank, skip=setup.skip, manifest=reader, delta=delta, full=cfg.full,
+                        delete=cfg.delete)
     lock = threading.Lock()
     scheduler = monitor = writer = None
     if world.rank == 0:
         rec = state.read(setup.task_id)
         writer = ReportWriter(state.task_dir(setup.task_id))
-        scheduler = Scheduler(root_units(setup.roots, transfer.route, lambda e: e.kind is EntryKind.DIRECTORY),
-                              writer.add, world.size)
+        scheduler = Scheduler(_root_units(transfer, setup.roots), writer.add, world.size,
+                              resumable=setup.resumable)
         monitor = Monitor(cfg, state, rec, scheduler, lock)
         monitor.start()
 
     from .parallel import run_work
 
     run_work(world, scheduler, lock,
-             lambda ch: Worker(transfer, ch, t.concurrency, t.parts_in_flight), STOP)
-    code = _finish(cfg, state, store, scheduler, monitor, writer) if world.rank == 0 else None
+             lambda ch: Worker(transfer, ch, t.concurrency, t.parts_in_flight, delta.flush), STOP)
+    if world.rank == 0:
+        _abort_unclaimed(transfer, scheduler, setup.roots)
+    delta.close()
+    reader.close()
+    world.barrier()  # every rank's delta log is complete before rank 0 merges them
+    code = None
+    if world.rank == 0:
+        manifest.merge()
+        code = _finish(cfg, state, store, scheduler, monitor, writer)
     return world.bcast(code)
+
+
+def _root_units(transfer: Transfer, roots: list[Entry]) -> list:
+    """The task paths' own entries (not the root's) when new or changed, plus a scan of
+    each directory among them."""
+    own = []
+    for e in roots:
+        if e.path:
+            parent = e.path.rpartition("/")[0]
+            previous = transfer.manifest.directory(parent) if transfer.manifest else {}
+            own += transfer.changed([e], previous)[0]
+    return transfer.route(own) + [DirUnit(e.path) for e in roots if e.kind is EntryKind.DIRECTORY]
+
+
+def _abort_unclaimed(transfer: Transfer, scheduler: Scheduler, roots: list[Entry]) -> None:
+    """Uploads a dead job left open for files this task covered but did not resume (the file
+    changed, was deleted, or was exported whole) will never complete: abort them."""
+    for path, up in list(scheduler.resumable.items()):
+        if any(not r.path or path == r.path or path.startswith(r.path + "/") for r in roots):
+            transfer.abort_open(up)
+            del scheduler.resumable[path]
 
 
 def _finish(cfg: ExportConfig, state: StateDir, store: S3Store, scheduler: Scheduler, monitor: Monitor,
@@ -251,9 +295,10 @@ def _finish(cfg: ExportConfig, state: StateDir, store: S3Store, scheduler: Sched
     _upload_report(store, cfg.report_path, rec.task_id, paths)
     state.write(rec)
     monitor.print_progress(final=True)
-    log.info("task %s %s: %d succeeded, %d failed, %d skipped, %d retries; report %s/%s/",
-             rec.task_id, rec.lifecycle.value, p.counts.succeeded, p.counts.failed, p.skipped, p.retries,
-             cfg.report_path, rec.task_id)
+    log.info("task %s %s: %d succeeded, %d failed, %d skipped, %d unchanged, %d deleted, %d retries, "
+             "%d bytes sent, %d bytes of earlier uploads reused; report %s/%s/", rec.task_id,
+             rec.lifecycle.value, p.counts.succeeded, p.counts.failed, p.skipped, p.unchanged, p.deleted,
+             p.retries, p.bytes_sent, scheduler.reused_bytes, cfg.report_path, rec.task_id)
     return {TaskLifecycle.SUCCEEDED: ExitCode.SUCCEEDED, TaskLifecycle.CANCELED: ExitCode.CANCELED}.get(
         rec.lifecycle, ExitCode.FILES_FAILED)
 

@@ -32,6 +32,7 @@ class RowStatus(str, Enum):
     SUCCEEDED_WITH_WARNING = "succeeded with warning"
     FAILED = "failed"
     SKIPPED = "skipped"  # special files, entries gone before export: not counted
+    DELETED = "deleted"  # --delete removed the object of an entry that is gone: not counted
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,11 +49,16 @@ class Entry:
     mtime_ns: int
     ctime_ns: int
     ino: int = 0
+    nlink: int = 1
 
     @classmethod
     def from_stat(cls, path: str, st) -> "Entry":
         return cls(path, EntryKind.of_mode(st.st_mode), st.st_size, st.st_mode, st.st_uid, st.st_gid,
-                   st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+                   st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_nlink)
+
+    def rec(self) -> tuple[int, int, int, int, int, int, int]:
+        """What the manifest keeps: a change in any of these means export again."""
+        return (self.size, self.mtime_ns, self.ctime_ns, self.mode, self.uid, self.gid, self.ino)
 
     def snapshot(self) -> tuple[int, int, int, int]:
         """What must not move while the entry is read: a change here means a torn read."""
@@ -129,10 +135,28 @@ class BatchUnit:
 
 @dataclass(slots=True)
 class LargeFileUnit:
-    """Start a multipart upload for one file; its parts come back to the scheduler."""
+    """Start a multipart upload for one file (or resume the open one a dead job left);
+    its parts come back to the scheduler."""
 
     entry: Entry
     attempt: int = 0
+    uid: int = 0
+    resume: object = None  # manifest.OpenUpload
+
+
+@dataclass(slots=True)
+class DeleteUnit:
+    """--delete: remove the objects of entries that are gone (path, mode as last exported)."""
+
+    gone: list[tuple[str, int]]
+    uid: int = 0
+
+
+@dataclass(slots=True)
+class DeleteTreeUnit:
+    """--delete: remove the objects of a directory that is gone and of everything under it."""
+
+    path: str
     uid: int = 0
 
 
@@ -166,7 +190,7 @@ class FinishUnit:
     uid: int = 0
 
 
-Unit = DirUnit | BatchUnit | LargeFileUnit | PartUnit | FinishUnit
+Unit = DirUnit | BatchUnit | LargeFileUnit | PartUnit | FinishUnit | DeleteUnit | DeleteTreeUnit
 
 
 # ---- results: what ranks hand back -----------------------------------------------------
@@ -192,7 +216,7 @@ class ReportRow:
 
     @property
     def counted(self) -> bool:
-        return self.status is not RowStatus.SKIPPED
+        return self.status not in (RowStatus.SKIPPED, RowStatus.DELETED)
 
 
 @dataclass(slots=True)
@@ -205,6 +229,7 @@ class UploadStarted:
     parts: list[Part]
     attempt: int
     started: float
+    reused: list["PartDone"] = field(default_factory=list)  # parts a dead job already uploaded
 
 
 @dataclass(slots=True)
@@ -225,6 +250,7 @@ class PartDone:
 class Discovered:
     entries: int = 0
     bytes: int = 0
+    unchanged: int = 0  # unchanged since their last export: not sent, not counted
 
 
 @dataclass(slots=True)

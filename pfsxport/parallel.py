@@ -69,7 +69,7 @@ class _LocalChannel:
 
     def exchange(self, outcomes, want_light, want_heavy):
         with self.lock:
-            return self.scheduler.exchange(0, outcomes, want_light, want_heavy)
+            return self.scheduler.serve(0, outcomes, want_light, want_heavy)
 
 
 class _MpiChannel:
@@ -102,9 +102,9 @@ def _serve(world: World, scheduler, lock: threading.Lock, stop_signal, failed: l
             src = status.Get_source()
             outcomes, wl, wh = comm.recv(source=src, tag=_REQ)
             with lock:
-                reply = scheduler.exchange(src, outcomes, wl, wh)
+                reply = scheduler.serve(src, outcomes, wl, wh)
             comm.send(reply, dest=src, tag=_REP)
-            if reply is stop_signal:
+            if reply[0] is stop_signal:
                 remaining -= 1
     except BaseException as e:  # noqa: BLE001 - reported and turned into an abort by the caller
         failed.append(e)

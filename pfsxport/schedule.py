@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .lifecycle import Counts
-from .model import (BatchUnit, DirUnit, Entry, FinishUnit, LargeFileUnit, PartDone, PartUnit, ReportRow,
-                    UnitOutcome, UploadStarted)
+from .model import (BatchUnit, DeleteTreeUnit, DeleteUnit, DirUnit, Entry, FinishUnit, LargeFileUnit, PartDone,
+                    PartUnit, ReportRow, RowStatus, UnitOutcome, UploadStarted)
 
 
 class _Signal:
@@ -55,6 +55,8 @@ class _Upload:
 class Progress:
     counts: Counts
     skipped: int
+    unchanged: int
+    deleted: int
     discovered: int
     discovered_bytes: int
     bytes_sent: int
@@ -65,8 +67,9 @@ class Progress:
 
 class Scheduler:
     def __init__(self, roots: list, sink: Callable[[list[ReportRow]], None], nranks: int,
-                 max_open_uploads: int | None = None):
+                 max_open_uploads: int | None = None, resumable: dict | None = None):
         self.sink = sink
+        self.resumable = dict(resumable or {})  # path -> manifest.OpenUpload left by a dead job
         self.nranks = nranks
         self.max_open_uploads = max_open_uploads or max(4, 2 * nranks)
         self.finish: deque[FinishUnit] = deque()
@@ -78,6 +81,9 @@ class Scheduler:
         self.uploads: dict[str, _Upload] = {}
         self.counts = Counts()
         self.skipped = 0
+        self.unchanged = 0
+        self.deleted = 0
+        self.reused_bytes = 0  # parts of uploads a dead job left open, completed without re-sending
         self.discovered = 0
         self.discovered_bytes = 0
         self.bytes_sent = 0
@@ -97,8 +103,10 @@ class Scheduler:
         elif isinstance(unit, PartUnit):
             self.parts.append(unit)
         elif isinstance(unit, LargeFileUnit):
+            if unit.resume is None:
+                unit.resume = self.resumable.pop(unit.entry.path, None)
             self.large.append(unit)
-        elif isinstance(unit, BatchUnit):
+        elif isinstance(unit, (BatchUnit, DeleteUnit, DeleteTreeUnit)):
             self.batches.append(unit)
         elif isinstance(unit, DirUnit):
             self.dirs.append(unit)
@@ -110,7 +118,9 @@ class Scheduler:
         if o.rows:
             for r in o.rows:
                 if r.counted:
-                    self.counts.add(r.status.value != "failed")
+                    self.counts.add(r.status is not RowStatus.FAILED)
+                elif r.status is RowStatus.DELETED:
+                    self.deleted += 1
                 else:
                     self.skipped += 1
                 self.retries += r.retries
@@ -118,6 +128,7 @@ class Scheduler:
         if o.discovered:
             self.discovered += o.discovered.entries
             self.discovered_bytes += o.discovered.bytes
+            self.unchanged += o.discovered.unchanged
         self.bytes_sent += o.bytes_sent
         for u in o.units:
             if self.canceled and not isinstance(u, (PartUnit, FinishUnit)):
@@ -129,11 +140,14 @@ class Scheduler:
             self._part_done(p)
 
     def _start_upload(self, s: UploadStarted) -> None:
-        self.uploads[s.upload_id] = _Upload(s, len(s.parts))
+        up = _Upload(s, len(s.parts) - len(s.reused), {d.number: d for d in s.reused})
+        self.reused_bytes += sum(d.length for d in s.reused)
+        self.uploads[s.upload_id] = up
         snap = s.entry.snapshot()
         for p in s.parts:
-            self._push(PartUnit(s.upload_id, s.key, s.entry.path, p, snap))
-        if not s.parts:  # cannot happen for size > threshold, but never leave an upload open
+            if p.number not in up.done:
+                self._push(PartUnit(s.upload_id, s.key, s.entry.path, p, snap))
+        if up.pending == 0:  # every part was already uploaded by a job that died
             self._settle(s.upload_id)
 
     def _part_done(self, p: PartDone) -> None:
@@ -216,6 +230,10 @@ class Scheduler:
             return given
         return STOP if self.finished else WAIT
 
+    def serve(self, rank: int, outcomes: list[UnitOutcome], want_light: int, want_heavy: int):
+        """exchange() plus whether the task is canceled, so ranks drop what they hold queued."""
+        return self.exchange(rank, outcomes, want_light, want_heavy), self.canceled
+
     @property
     def finished(self) -> bool:
         return not (self.outstanding or self.finish or self.parts or self.large or self.batches
@@ -230,16 +248,5 @@ class Scheduler:
 
     def progress(self) -> Progress:
         return Progress(Counts(self.counts.total, self.counts.succeeded, self.counts.failed), self.skipped,
-                        self.discovered, self.discovered_bytes, self.bytes_sent, self.retries,
+                        self.unchanged, self.deleted, self.discovered, self.discovered_bytes, self.bytes_sent, self.retries,
                         len(self.uploads), self.canceled)
-
-
-def root_units(entries: list[Entry], route: Callable[[list[Entry]], list],
-               is_dir: Callable[[Entry], bool]) -> list:
-    """Initial units for the requested paths: each path's own entry (not the root's), plus a
-    scan of each directory."""
-    own = [e for e in entries if e.path]
-    units = route(own)
-    units += [DirUnit(e.path) for e in entries if is_dir(e)]
-    return units
-

@@ -158,6 +158,24 @@ class S3Store:
                 return out
             kw.update(KeyMarker=r["NextKeyMarker"], UploadIdMarker=r["NextUploadIdMarker"])
 
+    def list_parts(self, key: str, upload_id: str) -> dict[int, str]:
+        """{part number: ETag} the store holds for an open upload."""
+        out: dict[int, str] = {}
+        kw: dict[str, Any] = {"Key": key, "UploadId": upload_id}
+        while True:
+            r = self._call("list_parts", **kw)
+            out.update({p["PartNumber"]: p["ETag"] for p in r.get("Parts", [])})
+            if not r.get("IsTruncated"):
+                return out
+            kw["PartNumberMarker"] = r["NextPartNumberMarker"]
+
+    def delete_objects(self, keys: list[str]) -> dict[str, str]:
+        """Delete up to 1000 keys in one request; returns {key: error} for those that failed."""
+        if not keys:
+            return {}
+        r = self._call("delete_objects", Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True})
+        return {e["Key"]: f"{e.get('Code', '')} {e.get('Message', '')}".strip() for e in r.get("Errors", [])}
+
     def head_object(self, key: str) -> dict[str, Any]:
         return self._call("head_object", Key=key)
 

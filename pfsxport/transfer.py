@@ -19,9 +19,10 @@ from . import checksum
 from .errors import ErrorCode, StoreError
 from .lustre import LayoutSource
 from .metadata import S3Url, content_type, fsx_headers, key_error, object_key, printable
-from .model import (BatchUnit, DirUnit, Discovered, Entry, EntryKind, FinishUnit, LargeFileUnit, PartDone,
-                    PartUnit, ReportRow, RowStatus, UnitOutcome, UploadStarted)
+from .model import (BatchUnit, DeleteTreeUnit, DeleteUnit, DirUnit, Discovered, Entry, EntryKind, FinishUnit,
+                    LargeFileUnit, PartDone, PartUnit, ReportRow, RowStatus, UnitOutcome, UploadStarted)
 from .plan import plan_parts
+from .walk import join as join_path
 from .walk import read_range, same_file, scan_dir, snapshot_of
 
 log = logging.getLogger("pfsxport")
@@ -39,6 +40,14 @@ class TransferOptions:
 # Test hook: seconds to sleep before each entry and part, so tests can cancel or interrupt
 # an export at a known moment. Never set in production.
 _TEST_DELAY = float(os.environ.get("PFSXPORT_TEST_ENTRY_DELAY", "0") or 0)
+# Test hook: "POINT" or "POINT@RANK" kills this process with SIGKILL the first time it reaches
+# POINT (between-parts, after-last-part, before-complete), to test crash and resume.
+_TEST_KILL_AT = os.environ.get("PFSXPORT_TEST_KILL_AT", "")
+
+
+def _test_kill(point: str, rank: int) -> None:
+    if _TEST_KILL_AT and _TEST_KILL_AT in (point, f"{point}@{rank}"):
+        os.kill(os.getpid(), 9)
 
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NOCTTY | os.O_NONBLOCK
 _NOATIME = getattr(os, "O_NOATIME", 0)
@@ -55,9 +64,23 @@ def open_for_read(path: str) -> int:
     return os.open(path, _READ_FLAGS)
 
 
+class _NoDelta:
+    def add(self, *record) -> None:
+        pass
+
+    def put(self, path, rec) -> None:
+        pass
+
+
 class Transfer:
+    """One rank's executor. `manifest` (a manifest.Reader) makes scans incremental: entries
+    whose stat matches their last export are left out unless `full`; with `delete`, the
+    objects of entries that are gone are removed. `delta` (a manifest.DeltaLog) records
+    each object as soon as it is durable in S3."""
+
     def __init__(self, fs_root: str, repo: S3Url, store, layouts: LayoutSource, opts: TransferOptions,
-                 rank: int = 0, skip: frozenset[str] = frozenset()):
+                 rank: int = 0, skip: frozenset[str] = frozenset(), manifest=None, delta=None,
+                 full: bool = False, delete: bool = False):
         self.fs_root = fs_root
         self.repo = repo
         self.store = store
@@ -65,6 +88,10 @@ class Transfer:
         self.opts = opts
         self.rank = rank
         self.skip = skip
+        self.manifest = manifest
+        self.delta = delta or _NoDelta()
+        self.full = full
+        self.delete = delete
 
     def abspath(self, rel: str) -> str:
         return os.path.join(self.fs_root, rel)
@@ -79,9 +106,14 @@ class Transfer:
         if isinstance(unit, LargeFileUnit):
             return self.start_large(unit)
         if isinstance(unit, PartUnit):
-            return UnitOutcome(unit.uid, parts=[self.part(unit)])
+            done = self.part(unit)
+            return UnitOutcome(unit.uid, parts=[done], bytes_sent=done.length if done.etag else 0)
         if isinstance(unit, FinishUnit):
             return self.finish(unit)
+        if isinstance(unit, DeleteUnit):
+            return self.delete_gone(unit)
+        if isinstance(unit, DeleteTreeUnit):
+            return self.delete_tree(unit)
         raise TypeError(f"unknown unit {unit!r}")
 
     # ---- walking ---------------------------------------------------------------------
@@ -111,10 +143,80 @@ class Transfer:
                                           RowStatus.FAILED, ErrorCode.LOCAL_READ_ERROR,
                                           message=f"cannot list directory: {res.error.strerror}"))
             return out
-        out.units = self.route(res.entries)
+        previous = self.manifest.directory(unit.path) if self.manifest else {}
+        changed, unchanged = self.changed(res.entries, previous)
+        out.units = self.route(changed)
         out.units += [DirUnit(e.path) for e in res.entries if e.kind is EntryKind.DIRECTORY]
-        out.discovered = Discovered(len(res.entries), sum(e.size for e in res.entries
-                                                          if e.kind is EntryKind.FILE))
+        if self.delete and previous:  # what is left of `previous` is gone from the directory
+            out.units += self.deletions(unit.path, previous)
+        out.discovered = Discovered(len(res.entries), sum(e.size for e in changed if e.kind is EntryKind.FILE),
+                                    unchanged)
+        return out
+
+    def changed(self, entries: list[Entry], previous: dict) -> tuple[list[Entry], int]:
+        """Entries to export (new or changed since their last export, or all with `full`);
+        pops every seen name from `previous`, leaving the names that are gone."""
+        out = []
+        for e in entries:
+            before = previous.pop(e.path.rpartition("/")[2], None)
+            if self.full or before is None or tuple(before) != e.rec():
+                out.append(e)
+        return out, len(entries) - len(out)
+
+    def deletions(self, parent: str, gone: dict) -> list:
+        units: list = [DeleteTreeUnit(join_path(parent, name)) for name, rec in gone.items()
+                       if _stat.S_ISDIR(rec[3])]
+        files = [(join_path(parent, name), rec[3]) for name, rec in gone.items() if not _stat.S_ISDIR(rec[3])]
+        units += [DeleteUnit(files[i:i + 1000]) for i in range(0, len(files), 1000)]
+        return units
+
+    # ---- deletes (--delete) ----------------------------------------------------------
+
+    def _key_of(self, path: str, mode: int) -> str:
+        return self.repo.key(path) + ("/" if _stat.S_ISDIR(mode) else "")
+
+    def _delete(self, gone: list[tuple[str, int]]) -> tuple[list[ReportRow], bool]:
+        keys = {self._key_of(p, m): (p, m) for p, m in gone}
+        try:
+            errors = self.store.delete_objects(list(keys))
+        except StoreError as err:
+            errors = {k: str(err)[:500] for k in keys}
+            code = err.code.value
+        else:
+            code = ErrorCode.S3_ERROR.value
+        rows = []
+        for key, (path, mode) in keys.items():
+            kind = EntryKind.of_mode(mode).value
+            if key in errors:
+                rows.append(ReportRow(path, kind, 0, RowStatus.FAILED, code, rank=self.rank,
+                                      message=f"could not delete {key}: {errors[key]}"))
+            else:
+                rows.append(ReportRow(path, kind, 0, RowStatus.DELETED, rank=self.rank,
+                                      message="gone from the file system; object deleted"))
+        return rows, not errors
+
+    def delete_gone(self, unit: DeleteUnit) -> UnitOutcome:
+        rows, _ = self._delete(unit.gone)
+        for r in rows:
+            if r.status is RowStatus.DELETED:
+                self.delta.add("D", r.path)
+        return UnitOutcome(unit.uid, rows=rows)
+
+    def delete_tree(self, unit: DeleteTreeUnit) -> UnitOutcome:
+        """Delete the objects of a vanished (or renamed) directory and all its descendants,
+        as the manifest knows them; the manifest forgets the subtree only if all went."""
+        out = UnitOutcome(unit.uid)
+        ok = True
+        for batch in (self.manifest.subtree(unit.path) if self.manifest else ()):
+            rows, batch_ok = self._delete(batch)
+            out.rows += rows
+            ok = ok and batch_ok
+        if ok:
+            self.delta.add("T", unit.path)
+        else:
+            for r in out.rows:
+                if r.status is RowStatus.DELETED:
+                    self.delta.add("D", r.path)
         return out
 
     # ---- single-request entries ------------------------------------------------------
@@ -156,6 +258,7 @@ class Transfer:
             return self._row(e, RowStatus.FAILED, bad, message=_KEY_MESSAGES[bad])
         if e.kind is EntryKind.DIRECTORY:
             self.store.put_object(key, b"", fsx_headers(e), content_type(e.kind), zlib.crc32(b""))
+            self.delta.put(e.path, e.rec())
             return self._row(e, RowStatus.SUCCEEDED, retries=self.store.take_retries(),
                              checksum=checksum.fmt(0))
         if e.kind is EntryKind.SYMLINK:
@@ -165,6 +268,7 @@ class Transfer:
                 return self._row(e, RowStatus.SKIPPED, message="gone before it was exported")
             crc = zlib.crc32(target)
             self.store.put_object(key, target, fsx_headers(e), content_type(e.kind), crc)
+            self.delta.put(e.path, e.rec())
             return self._row(e, RowStatus.SUCCEEDED, bytes=len(target), retries=self.store.take_retries(),
                              checksum=checksum.fmt(crc))
         return self._export_small_file(e, key)
@@ -207,6 +311,7 @@ class Transfer:
                 os.close(fd)
             crc = zlib.crc32(data)
             self.store.put_object(key, data, fsx_headers(fresh), content_type(fresh.kind), crc)
+            self.delta.put(e.path, fresh.rec())
             return ReportRow(e.path, fresh.kind.value, fresh.size, RowStatus.SUCCEEDED, bytes=len(data),
                              parts=1, checksum=checksum.fmt(crc), retries=self.store.take_retries() + attempt,
                              rank=self.rank)
@@ -240,14 +345,45 @@ class Transfer:
         if fresh.size <= self.opts.multipart_threshold:  # shrank since the walk
             return self.export_entry(fresh)
         parts = plan_parts(fresh.size, self.layouts.layout(self.abspath(e.path)), self.opts.part_size)
+        reused = self._reusable(unit.resume, fresh, parts, key)
         try:
-            upload_id = self.store.create_multipart(key, fsx_headers(fresh), content_type(fresh.kind))
+            if reused is not None:
+                upload_id = unit.resume.upload_id
+            else:
+                upload_id = self.store.create_multipart(key, fsx_headers(fresh), content_type(fresh.kind))
+                self.delta.add("U", upload_id, e.path, key, *fresh.snapshot(), parts[0].length)
         except StoreError as err:
             out.rows.append(self._row(fresh, RowStatus.FAILED, err.code, retries=self.store.take_retries(),
                                       message=str(err)[:500]))
             return out
-        out.started.append(UploadStarted(upload_id, key, fresh, parts, unit.attempt, t0))
+        out.started.append(UploadStarted(upload_id, key, fresh, parts, unit.attempt, t0, reused or []))
         return out
+
+    def _reusable(self, resume, fresh: Entry, parts, key: str) -> list[PartDone] | None:
+        """Parts of the upload a dead job left open that can stand: same file version, same
+        part plan, and still held by the store with the same ETag. Otherwise that upload is
+        aborted and None returned."""
+        if resume is None:
+            return None
+        if (resume.snapshot == fresh.snapshot() and resume.key == key and resume.part_size == parts[0].length):
+            try:
+                held = self.store.list_parts(key, resume.upload_id)
+            except StoreError:
+                held = None  # gone (aborted or expired): start over
+            if held is not None:
+                return [PartDone(resume.upload_id, n, etag, b64, crc, length)
+                        for n, (etag, b64, crc, length) in sorted(resume.parts.items())
+                        if held.get(n) == etag and n <= len(parts) and parts[n - 1].length == length]
+        self.abort_open(resume)
+        return None
+
+    def abort_open(self, resume) -> None:
+        """Abort an upload left open by a dead job (it will not be completed)."""
+        try:
+            self.store.abort_multipart(resume.key, resume.upload_id)
+            self.delta.add("E", resume.upload_id)
+        except StoreError as err:
+            log.warning("could not abort upload %s of %s: %s", resume.upload_id, resume.key, err)
 
     def part(self, unit: PartUnit) -> PartDone:
         p = unit.part
@@ -276,6 +412,11 @@ class Transfer:
         done.crc = zlib.crc32(data)
         try:
             done.etag, done.crc_b64 = self.store.upload_part(unit.key, unit.upload_id, p.number, data, done.crc)
+            self.delta.add("p", unit.upload_id, p.number, done.etag, done.crc_b64, done.crc, p.length)
+            if _TEST_KILL_AT:
+                self.delta.flush()
+                _test_kill("between-parts" if p.number == 2 else "after-last-part" if p.offset + p.length
+                           == unit.snapshot[0] else "", self.rank)
         except StoreError as err:
             done.error_code = err.code.value
             done.error_message = str(err)[:500]
@@ -299,21 +440,25 @@ class Transfer:
                 except OSError:
                     unchanged = False
                 if unchanged:
+                    _test_kill("before-complete", self.rank)
                     self.store.complete_multipart(unit.key, unit.upload_id, unit.parts)
+                    self.delta.add("E", unit.upload_id)
+                    self.delta.put(e.path, e.rec())
                     size = sum(n for _, n in unit.crcs)
                     out.rows.append(ReportRow(
                         e.path, e.kind.value, e.size, RowStatus.SUCCEEDED, bytes=size, parts=len(unit.parts),
                         checksum=checksum.fmt(checksum.combine_all(unit.crcs)),
                         retries=unit.retries + self.store.take_retries(), rank=self.rank,
                         osts=",".join(map(str, unit.osts)), seconds=round(time.time() - unit.started, 6)))
-                    out.bytes_sent = size
                     return out
                 retry = True
             self.store.abort_multipart(unit.key, unit.upload_id)
+            self.delta.add("E", unit.upload_id)
         except StoreError as err:
             code, message = err.code.value, str(err)[:500]
             try:
                 self.store.abort_multipart(unit.key, unit.upload_id)
+                self.delta.add("E", unit.upload_id)
             except StoreError as abort_err:
                 log.error("could not abort upload %s of %s: %s", unit.upload_id, unit.key, abort_err)
         if retry and not code:

@@ -22,15 +22,19 @@ log = logging.getLogger("pfsxport")
 
 
 class Channel(Protocol):
-    def exchange(self, outcomes: list[UnitOutcome], want_light: int, want_heavy: int): ...
+    def exchange(self, outcomes: list[UnitOutcome], want_light: int, want_heavy: int):
+        """-> (units | STOP | WAIT, canceled)"""
 
 
 class Worker:
-    def __init__(self, transfer, channel: Channel, concurrency: int, parts_in_flight: int):
+    def __init__(self, transfer, channel: Channel, concurrency: int, parts_in_flight: int,
+                 before_exchange=lambda: None):
         self.transfer = transfer
         self.channel = channel
         self.concurrency = concurrency
         self.parts_in_flight = parts_in_flight
+        # runs before outcomes leave the rank: the manifest delta is durable before anyone counts on it
+        self.before_exchange = before_exchange
 
     def _tasks(self, unit) -> list:
         if isinstance(unit, BatchUnit):
@@ -61,7 +65,7 @@ class Worker:
             while True:
                 for q, kind, cap in ((light, "light", C), (heavy, "heavy", P)):
                     while q and running[kind] < cap:
-                        uid, fn = q.popleft()
+                        uid, fn, _ = q.popleft()
                         running[kind] += 1
                         fut = pool.submit(self._safe, uid, fn)
                         fut.add_done_callback(lambda f, k=kind: done.put((k, f.result())))
@@ -71,8 +75,20 @@ class Worker:
                 flush = urgent or len(outbox) >= 64 or (outbox and now - last >= 0.05)
                 hungry = (want_light > 0 or want_heavy > 0) and now - last >= backoff
                 if flush or hungry:
-                    reply = self.channel.exchange(outbox, max(0, want_light), want_heavy)
+                    self.before_exchange()
+                    reply, canceled = self.channel.exchange(outbox, max(0, want_light), want_heavy)
                     outbox, urgent, last = [], False, time.monotonic()
+                    if canceled:  # queued entries are not started (T-7); open uploads go on
+                        for q in (light, heavy):
+                            kept = [t for t in q if not t[2]]
+                            for uid, _, _ in (t for t in q if t[2]):
+                                slot = partial[uid]
+                                slot[0] -= 1
+                                if slot[0] == 0:
+                                    del partial[uid]
+                                    outbox.append(slot[1])
+                            q.clear()
+                            q.extend(kept)
                     if reply is STOP:
                         return
                     if reply is WAIT:
@@ -83,7 +99,8 @@ class Worker:
                             tasks = self._tasks(unit)
                             partial[unit.uid] = [len(tasks), UnitOutcome(unit.uid)]
                             q = heavy if isinstance(unit, (PartUnit, LargeFileUnit)) else light
-                            q.extend((unit.uid, t) for t in tasks)
+                            droppable = not isinstance(unit, (PartUnit, FinishUnit))
+                            q.extend((unit.uid, t, droppable) for t in tasks)
                         continue
                 busy = running["light"] + running["heavy"]
                 try:
@@ -105,8 +122,7 @@ class Worker:
                     if slot[0] == 0:
                         del partial[uid]
                         outbox.append(merged)
-                        urgent = urgent or bool(merged.units or merged.started or merged.parts
-                                                or isinstance(merged, FinishUnit))
+                        urgent = urgent or bool(merged.units or merged.started or merged.parts)
                     try:
                         item = done.get_nowait()
                     except queue.Empty:

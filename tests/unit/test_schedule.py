@@ -10,7 +10,7 @@ import pytest
 
 from pfsxport.model import (BatchUnit, DirUnit, Discovered, Entry, EntryKind, FinishUnit, LargeFileUnit, Part,
                             PartDone, PartUnit, ReportRow, RowStatus, UnitOutcome, UploadStarted)
-from pfsxport.schedule import STOP, WAIT, Scheduler, root_units
+from pfsxport.schedule import STOP, WAIT, Scheduler
 
 MiB = 1 << 20
 
@@ -305,19 +305,42 @@ def test_counts_add_up(statuses, total, succeeded, failed, skipped):
     assert sink == r1 + r2, "every row reaches the report sink, skipped ones too"
 
 
-# ---- root_units ------------------------------------------------------------------------------------
+# ---- the task paths' own units (job._root_units) ---------------------------------------------------
 
-def test_root_units():
+class _Dir:
+    """A stand-in manifest reader: what was exported per directory."""
+
+    def __init__(self, recs):
+        self.recs = recs
+
+    def directory(self, path):
+        return dict(self.recs.get(path, {}))
+
+
+def _transfer(manifest=None, full=False):
+    from pfsxport.metadata import S3Url
+    from pfsxport.transfer import Transfer, TransferOptions
+
+    return Transfer("/nonexistent", S3Url("bucket", "p/"), store=None, layouts=None,
+                    opts=TransferOptions(16 * MiB, 16 * MiB, 1 << 40, 64, 3), manifest=manifest, full=full)
+
+
+def test_root_units_export_the_paths_but_not_the_root():
+    from pfsxport.job import _root_units
+
     d = Entry("", EntryKind.DIRECTORY, 0, 0o40755, 0, 0, 0, 0, 0)
     sub = Entry("sub", EntryKind.DIRECTORY, 0, 0o40755, 0, 0, 0, 0, 0)
     f = fentry("file", 1)
-    routed = []
-
-    def route(es):
-        routed.extend(es)
-        return [BatchUnit(list(es))] if es else []
-
-    units = root_units([d, sub, f], route, lambda e: e.kind is EntryKind.DIRECTORY)
-    assert routed == [sub, f], "the root's own entry is not exported (SPEC §2)"
+    units = _root_units(_transfer(), [d, sub, f])
     assert [type(u) for u in units] == [BatchUnit, DirUnit, DirUnit]
+    assert units[0].entries == [sub, f], "the root's own entry is not exported (SPEC §2)"
     assert [u.path for u in units[1:]] == ["", "sub"]
+
+
+@pytest.mark.parametrize("full, exported", [(False, []), (True, ["a/file"])])
+def test_root_units_skip_an_unchanged_path_unless_full(full, exported):
+    from pfsxport.job import _root_units
+
+    f = fentry("a/file", 1)
+    units = _root_units(_transfer(_Dir({"a": {"file": f.rec()}}), full=full), [f])
+    assert [e.path for u in units for e in u.entries] == exported

@@ -1,0 +1,216 @@
+"""The export manifest: for each entry, the stat it had when it was last exported, and the
+journal of open multipart uploads. One manifest per (file system, repository).
+
+Local: no MPI, no S3. Layout under STATE/manifests/ID/:
+  manifest.sqlite   entries(dir, name, size, mtime, ctime, mode, uid, gid, ino), uploads, parts
+  deltas/TASK/rank-R.log   what rank R made durable during TASK (JSON lines, appended)
+
+During a task nobody writes the SQLite file: every rank reads it with immutable=1 (no
+locks, which shared file systems may not have) one directory at a time, so memory per
+rank is bounded by the largest directory. Ranks append to their own delta log right
+after each object is durable in S3; rank 0 merges the logs into the SQLite file when
+the task ends, or when the next task starts if the job died. Paths are stored as bytes
+(os.fsencode), so names that are not UTF-8 round-trip.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import threading
+from dataclasses import dataclass, field
+from typing import Iterator
+
+# The stat fields whose change means "export again" (E-4): data (size, mtime), metadata
+# (mode, uid, gid; and ctime, which chmod, chown, utime, rename and writes all move) and
+# identity (ino: a file replaced by another one). atime is not among them.
+Rec = tuple[int, int, int, int, int, int, int]  # size, mtime_ns, ctime_ns, mode, uid, gid, ino
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries(dir BLOB NOT NULL, name BLOB NOT NULL, size INTEGER, mtime INTEGER,
+  ctime INTEGER, mode INTEGER, uid INTEGER, gid INTEGER, ino INTEGER, PRIMARY KEY(dir, name)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS uploads(upload_id TEXT PRIMARY KEY, path BLOB, key TEXT, size INTEGER,
+  mtime INTEGER, ctime INTEGER, ino INTEGER, part_size INTEGER);
+CREATE TABLE IF NOT EXISTS parts(upload_id TEXT NOT NULL, n INTEGER NOT NULL, etag TEXT, crc_b64 TEXT,
+  crc INTEGER, length INTEGER, PRIMARY KEY(upload_id, n)) WITHOUT ROWID;
+"""
+
+
+def split(path: str) -> tuple[bytes, bytes]:
+    d, _, n = path.rpartition("/")
+    return os.fsencode(d), os.fsencode(n)
+
+
+def manifest_dir(state_dir: str, file_system_id: str, repository: str) -> str:
+    digest = hashlib.sha256(repository.encode()).hexdigest()[:12]
+    return os.path.join(state_dir, "manifests", f"{file_system_id}-{digest}")
+
+
+@dataclass
+class OpenUpload:
+    """A multipart upload a dead job left open, with the parts it saw through."""
+
+    upload_id: str
+    path: str
+    key: str
+    snapshot: tuple[int, int, int, int]
+    part_size: int
+    parts: dict[int, tuple[str, str, int, int]] = field(default_factory=dict)  # n -> etag, crc_b64, crc, len
+
+
+class Reader:
+    """Read-only lookups during a task; one SQLite connection per thread."""
+
+    def __init__(self, db_path: str):
+        self.db_path = db_path
+        self.exists = os.path.exists(db_path)
+        self._tls = threading.local()
+
+    def _conn(self) -> sqlite3.Connection:
+        c = getattr(self._tls, "conn", None)
+        if c is None:
+            c = sqlite3.connect(f"file:{self.db_path}?mode=ro&immutable=1", uri=True, check_same_thread=False)
+            self._tls.conn = c
+        return c
+
+    def directory(self, path: str) -> dict[str, Rec]:
+        """{child name: rec} of what was exported under directory `path` ("" = the root)."""
+        if not self.exists:
+            return {}
+        rows = self._conn().execute(
+            "SELECT name, size, mtime, ctime, mode, uid, gid, ino FROM entries WHERE dir = ?",
+            (os.fsencode(path),))
+        return {os.fsdecode(r[0]): r[1:] for r in rows}
+
+    def subtree(self, path: str, batch: int = 1000) -> Iterator[list[tuple[str, int]]]:
+        """(path, mode) of everything exported at or below `path`, in batches."""
+        if not self.exists:
+            return
+        d, n = split(path)
+        base = os.fsencode(path)
+        cur = self._conn().execute(
+            "SELECT dir, name, mode FROM entries WHERE (dir = ? AND name = ?) OR dir = ? "
+            "OR (dir >= ? AND dir < ?)", (d, n, base, base + b"/", base + b"0"))
+        while True:
+            rows = cur.fetchmany(batch)
+            if not rows:
+                return
+            yield [(os.fsdecode(r[0] + b"/" + r[1] if r[0] else r[1]), r[2]) for r in rows]
+
+    def close(self) -> None:
+        c = getattr(self._tls, "conn", None)
+        if c is not None:
+            c.close()
+
+
+class DeltaLog:
+    """One rank's append-only record of what it made durable during one task."""
+
+    def __init__(self, path: str):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        self._f = open(path, "a", encoding="ascii")
+        self._lock = threading.Lock()
+        self._pending: list[str] = []
+
+    def add(self, *record) -> None:
+        line = json.dumps(record, ensure_ascii=True, separators=(",", ":"))
+        with self._lock:
+            self._pending.append(line)
+
+    def put(self, path: str, rec: Rec) -> None:
+        self.add("P", path, *rec)
+
+    def flush(self) -> None:
+        """Write what was added; a process killed after this loses none of it (page cache)."""
+        with self._lock:
+            lines, self._pending = self._pending, []
+        if lines:
+            self._f.write("\n".join(lines) + "\n")
+            self._f.flush()
+
+    def close(self) -> None:
+        self.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+
+
+class Manifest:
+    def __init__(self, directory: str):
+        self.directory = directory
+        self.db_path = os.path.join(directory, "manifest.sqlite")
+        self.deltas = os.path.join(directory, "deltas")
+
+    def reader(self) -> Reader:
+        return Reader(self.db_path)
+
+    def delta_log(self, task_id: str, rank: int) -> DeltaLog:
+        return DeltaLog(os.path.join(self.deltas, task_id, f"rank-{rank}.log"))
+
+    def merge(self) -> list[OpenUpload]:
+        """Rank 0, with no task running on the file system: apply every delta log to the
+        SQLite file (in one transaction), remove the logs, and return the uploads still open."""
+        os.makedirs(self.directory, exist_ok=True)
+        con = sqlite3.connect(self.db_path)
+        try:
+            con.executescript(_SCHEMA)
+            tasks = sorted(os.listdir(self.deltas)) if os.path.isdir(self.deltas) else []
+            with con:
+                for task in tasks:
+                    tdir = os.path.join(self.deltas, task)
+                    for name in sorted(os.listdir(tdir)):
+                        with open(os.path.join(tdir, name), encoding="ascii") as f:
+                            for line in f:
+                                _apply(con, line)
+            for task in tasks:
+                shutil.rmtree(os.path.join(self.deltas, task), ignore_errors=True)
+            return _open_uploads(con)
+        finally:
+            con.close()
+
+    def count(self) -> int:
+        if not os.path.exists(self.db_path):
+            return 0
+        con = sqlite3.connect(self.db_path)
+        try:
+            return con.execute("SELECT count(*) FROM entries").fetchone()[0]
+        finally:
+            con.close()
+
+
+def _apply(con: sqlite3.Connection, line: str) -> None:
+    try:
+        r = json.loads(line)
+    except ValueError:  # a line cut off by a kill: the object it described is simply re-sent
+        return
+    op = r[0]
+    if op == "P":
+        d, n = split(r[1])
+        con.execute("INSERT OR REPLACE INTO entries VALUES (?,?,?,?,?,?,?,?,?)", (d, n, *r[2:9]))
+    elif op == "D":
+        con.execute("DELETE FROM entries WHERE dir = ? AND name = ?", split(r[1]))
+    elif op == "T":
+        d, n = split(r[1])
+        base = os.fsencode(r[1])
+        con.execute("DELETE FROM entries WHERE (dir = ? AND name = ?) OR dir = ? OR (dir >= ? AND dir < ?)",
+                    (d, n, base, base + b"/", base + b"0"))
+    elif op == "U":
+        con.execute("INSERT OR REPLACE INTO uploads VALUES (?,?,?,?,?,?,?,?)",
+                    (r[1], os.fsencode(r[2]), r[3], *r[4:8], r[8]))
+    elif op == "p":
+        con.execute("INSERT OR REPLACE INTO parts VALUES (?,?,?,?,?,?)", tuple(r[1:7]))
+    elif op == "E":
+        con.execute("DELETE FROM uploads WHERE upload_id = ?", (r[1],))
+        con.execute("DELETE FROM parts WHERE upload_id = ?", (r[1],))
+
+
+def _open_uploads(con: sqlite3.Connection) -> list[OpenUpload]:
+    out = []
+    for uid, path, key, size, mtime, ctime, ino, psize in con.execute("SELECT * FROM uploads"):
+        up = OpenUpload(uid, os.fsdecode(path), key, (size, mtime, ctime, ino), psize)
+        for n, etag, b64, crc, length in con.execute(
+                "SELECT n, etag, crc_b64, crc, length FROM parts WHERE upload_id = ?", (uid,)):
+            up.parts[n] = (etag, b64, crc, length)
+        out.append(up)
+    return out
