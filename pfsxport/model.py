@@ -142,6 +142,17 @@ class LargeFileUnit:
     attempt: int = 0
     uid: int = 0
     resume: object = None  # manifest.OpenUpload
+    plain: bool = False  # upload even if it is a hard link whose data was exported under another path
+
+
+@dataclass(slots=True)
+class CopyUnit:
+    """A hard link whose data another link path already exported: server-side copy (E-9)."""
+
+    entry: Entry
+    source: str  # the link path whose object holds the data
+    checksum: str = ""
+    uid: int = 0
 
 
 @dataclass(slots=True)
@@ -190,7 +201,7 @@ class FinishUnit:
     uid: int = 0
 
 
-Unit = DirUnit | BatchUnit | LargeFileUnit | PartUnit | FinishUnit | DeleteUnit | DeleteTreeUnit
+Unit = DirUnit | BatchUnit | LargeFileUnit | PartUnit | FinishUnit | CopyUnit | DeleteUnit | DeleteTreeUnit
 
 
 # ---- results: what ranks hand back -----------------------------------------------------

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .lifecycle import Counts
-from .model import (BatchUnit, DeleteTreeUnit, DeleteUnit, DirUnit, Entry, FinishUnit, LargeFileUnit, PartDone,
+from .model import (BatchUnit, CopyUnit, DeleteTreeUnit, DeleteUnit, DirUnit, Entry, FinishUnit, LargeFileUnit, PartDone,
                     PartUnit, ReportRow, RowStatus, UnitOutcome, UploadStarted)
 
 
@@ -52,6 +52,17 @@ class _Upload:
 
 
 @dataclass(slots=True)
+class _Inode:
+    """A multiply-linked file: its data goes up once under `primary`; the other link paths
+    wait for it and are then made by server-side copy."""
+
+    primary: str
+    done: bool = False
+    checksum: str = ""
+    waiting: list[Entry] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class Progress:
     counts: Counts
     skipped: int
@@ -79,6 +90,8 @@ class Scheduler:
         self.dirs: list[DirUnit] = []
         self.outstanding: dict[int, int] = {}  # uid -> rank
         self.uploads: dict[str, _Upload] = {}
+        self.inodes: dict[tuple[int, int, int, int], _Inode] = {}  # by (size, mtime, ctime, ino)
+        self.primaries: dict[str, tuple[int, int, int, int]] = {}  # primary path -> its inode key
         self.counts = Counts()
         self.skipped = 0
         self.unchanged = 0
@@ -95,7 +108,58 @@ class Scheduler:
 
     # ---- intake ----------------------------------------------------------------------
 
+    def _linked(self, e: Entry) -> bool:
+        """True when this hard link waits for (or can copy) another link's upload; False
+        when it is to be uploaded itself (a plain file, or the first link seen)."""
+        if e.nlink < 2 or e.kind.value != "file":
+            return False
+        ident = e.snapshot()
+        ino = self.inodes.get(ident)
+        if ino is None:
+            self.inodes[ident] = _Inode(e.path)
+            self.primaries[e.path] = ident
+            return False
+        if ino.primary == e.path:
+            return False
+        if ino.done:
+            self._push(CopyUnit(e, ino.primary, ino.checksum))
+        else:
+            ino.waiting.append(e)
+        return True
+
+    def _primary_done(self, row: ReportRow) -> None:
+        ident = self.primaries.pop(row.path, None)
+        if ident is None:
+            return
+        ino = self.inodes[ident]
+        waiting, ino.waiting = ino.waiting, []
+        if row.status is RowStatus.SUCCEEDED:
+            ino.done, ino.checksum = True, row.checksum
+            for e in waiting:
+                self._push(CopyUnit(e, ino.primary, ino.checksum))
+        else:  # the data did not get there: the next link path uploads it instead
+            del self.inodes[ident]
+            for e in waiting:
+                self._push(BatchUnit([e]))
+
+    def _release_stranded(self) -> None:
+        """Called when nothing else is left: no primary can report any more (it changed into
+        another version on the way), so its waiting link paths start over as uploads."""
+        for ident, ino in list(self.inodes.items()):
+            if ino.waiting:
+                del self.inodes[ident]
+                if self.primaries.get(ino.primary) == ident:
+                    del self.primaries[ino.primary]
+                for e in ino.waiting:
+                    self._push(BatchUnit([e]))
+
     def _push(self, unit) -> None:
+        if isinstance(unit, BatchUnit):
+            unit.entries = [e for e in unit.entries if not self._linked(e)]
+            if not unit.entries:
+                return
+        elif isinstance(unit, LargeFileUnit) and not unit.plain and self._linked(unit.entry):
+            return
         self._uid += 1
         unit.uid = self._uid
         if isinstance(unit, FinishUnit):
@@ -106,7 +170,7 @@ class Scheduler:
             if unit.resume is None:
                 unit.resume = self.resumable.pop(unit.entry.path, None)
             self.large.append(unit)
-        elif isinstance(unit, (BatchUnit, DeleteUnit, DeleteTreeUnit)):
+        elif isinstance(unit, (BatchUnit, CopyUnit, DeleteUnit, DeleteTreeUnit)):
             self.batches.append(unit)
         elif isinstance(unit, DirUnit):
             self.dirs.append(unit)
@@ -117,6 +181,8 @@ class Scheduler:
         self.outstanding.pop(o.uid, None)
         if o.rows:
             for r in o.rows:
+                if r.path in self.primaries:
+                    self._primary_done(r)
                 if r.counted:
                     self.counts.add(r.status is not RowStatus.FAILED)
                 elif r.status is RowStatus.DELETED:
@@ -228,6 +294,9 @@ class Scheduler:
                 want -= 1
         if given:
             return given
+        if self.finished and any(ino.waiting for ino in self.inodes.values()):
+            self._release_stranded()
+            return self.exchange(rank, [], want_light, want_heavy)
         return STOP if self.finished else WAIT
 
     def serve(self, rank: int, outcomes: list[UnitOutcome], want_light: int, want_heavy: int):

@@ -158,6 +158,11 @@ class S3Store:
                 return out
             kw.update(KeyMarker=r["NextKeyMarker"], UploadIdMarker=r["NextUploadIdMarker"])
 
+    def copy_object(self, source_key: str, key: str, metadata: dict[str, str], content_type: str) -> None:
+        """Server-side copy within the bucket, with this object's own metadata."""
+        self._call("copy_object", Key=key, CopySource={"Bucket": self.bucket, "Key": source_key},
+                   MetadataDirective="REPLACE", Metadata=metadata, ContentType=content_type)
+
     def list_parts(self, key: str, upload_id: str) -> dict[int, str]:
         """{part number: ETag} the store holds for an open upload."""
         out: dict[int, str] = {}

@@ -19,8 +19,9 @@ from . import checksum
 from .errors import ErrorCode, StoreError
 from .lustre import LayoutSource
 from .metadata import S3Url, content_type, fsx_headers, key_error, object_key, printable
-from .model import (BatchUnit, DeleteTreeUnit, DeleteUnit, DirUnit, Discovered, Entry, EntryKind, FinishUnit,
+from .model import (BatchUnit, CopyUnit, DeleteTreeUnit, DeleteUnit, DirUnit, Discovered, Entry, EntryKind, FinishUnit,
                     LargeFileUnit, PartDone, PartUnit, ReportRow, RowStatus, UnitOutcome, UploadStarted)
+from .plan import S3_MAX_PUT as S3_MAX_COPY
 from .plan import plan_parts
 from .walk import join as join_path
 from .walk import read_range, same_file, scan_dir, snapshot_of
@@ -110,6 +111,8 @@ class Transfer:
             return UnitOutcome(unit.uid, parts=[done], bytes_sent=done.length if done.etag else 0)
         if isinstance(unit, FinishUnit):
             return self.finish(unit)
+        if isinstance(unit, CopyUnit):
+            return self.copy(unit)
         if isinstance(unit, DeleteUnit):
             return self.delete_gone(unit)
         if isinstance(unit, DeleteTreeUnit):
@@ -169,6 +172,40 @@ class Transfer:
         files = [(join_path(parent, name), rec[3]) for name, rec in gone.items() if not _stat.S_ISDIR(rec[3])]
         units += [DeleteUnit(files[i:i + 1000]) for i in range(0, len(files), 1000)]
         return units
+
+    # ---- hard links ------------------------------------------------------------------
+
+    def copy(self, unit: CopyUnit) -> UnitOutcome:
+        """Make a hard link's object by copying the object of a link already exported, if
+        the inode is still the version that was exported; otherwise (or where the store
+        cannot copy) upload it like any file."""
+        e = unit.entry
+        t0 = time.monotonic()
+        key = object_key(self.repo, e)
+        try:
+            fresh = Entry.from_stat(e.path, os.lstat(self.abspath(e.path)))
+        except FileNotFoundError:
+            return UnitOutcome(unit.uid, rows=[self._row(e, RowStatus.SKIPPED, message="gone before it was exported")])
+        if fresh.snapshot() != e.snapshot() or key_error(key) is not None or fresh.size > S3_MAX_COPY:
+            return self._as_upload(unit, fresh)
+        try:
+            self.store.copy_object(self.repo.key(unit.source), key, fsx_headers(fresh), content_type(fresh.kind))
+        except StoreError as err:
+            log.info("server-side copy to %s failed (%s); uploading it instead", key, err)
+            self.store.take_retries()
+            return self._as_upload(unit, fresh)
+        self.delta.put(e.path, fresh.rec())
+        return UnitOutcome(unit.uid, rows=[ReportRow(
+            e.path, e.kind.value, e.size, RowStatus.SUCCEEDED, checksum=unit.checksum,
+            retries=self.store.take_retries(), rank=self.rank, seconds=round(time.monotonic() - t0, 6),
+            message=f"hard link: server-side copy of {printable(unit.source)}")])
+
+    def _as_upload(self, unit: CopyUnit, fresh: Entry) -> UnitOutcome:
+        if self.is_large(fresh):
+            return UnitOutcome(unit.uid, units=[LargeFileUnit(fresh, plain=True)])
+        out = self.export_entry(fresh)
+        out.uid = unit.uid
+        return out
 
     # ---- deletes (--delete) ----------------------------------------------------------
 

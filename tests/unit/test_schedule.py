@@ -344,3 +344,68 @@ def test_root_units_skip_an_unchanged_path_unless_full(full, exported):
     f = fentry("a/file", 1)
     units = _root_units(_transfer(_Dir({"a": {"file": f.rec()}}), full=full), [f])
     assert [e.path for u in units for e in u.entries] == exported
+
+
+# ---- hard links (E-9): data once, the other link paths by server-side copy -----------------------
+
+def link(path, ino=42, nlink=3, size=10):
+    return Entry(path, EntryKind.FILE, size, 0o100644, 1, 1, 10, 20, 30, ino=ino, nlink=nlink)
+
+
+def drain(s, rank=0):
+    """Hand out everything queued, in order."""
+    got = []
+    while True:
+        reply = s.exchange(rank, [], 100, 100)
+        if reply in (STOP, WAIT):
+            return got, reply
+        got += reply
+
+
+def test_hard_links_upload_once_then_copy():
+    from pfsxport.model import CopyUnit
+
+    s, _ = make([BatchUnit([link("a"), link("b"), link("c"), fentry("plain", 1)])])
+    units, _ = drain(s)
+    assert [e.path for u in units for e in u.entries] == ["a", "plain"]  # b, c wait for a
+    s.exchange(0, [UnitOutcome(units[0].uid, rows=[ReportRow("a", "file", 10, RowStatus.SUCCEEDED,
+                                                             checksum="crc32:0000002a"),
+                                                   ReportRow("plain", "file", 1, RowStatus.SUCCEEDED)])], 0, 0)
+    copies, _ = drain(s)
+    assert all(isinstance(u, CopyUnit) for u in copies)
+    assert [(u.entry.path, u.source, u.checksum) for u in copies] == [("b", "a", "crc32:0000002a"),
+                                                                       ("c", "a", "crc32:0000002a")]
+    # a link path seen later copies at once
+    s.exchange(0, [UnitOutcome(0, units=[BatchUnit([link("d")])])], 0, 0)
+    later, _ = drain(s)
+    assert [(type(u).__name__, u.entry.path) for u in later] == [("CopyUnit", "d")]
+
+
+def test_hard_links_upload_themselves_when_the_primary_failed():
+    s, _ = make([BatchUnit([link("a"), link("b")])])
+    units, _ = drain(s)
+    s.exchange(0, [UnitOutcome(units[0].uid, rows=[ReportRow("a", "file", 10, RowStatus.FAILED, "S3Error")])],
+               0, 0)
+    again, _ = drain(s)
+    assert [(type(u).__name__, [e.path for e in u.entries]) for u in again] == [("BatchUnit", ["b"])]
+
+
+def test_different_versions_of_an_inode_number_are_not_confused():
+    s, _ = make([BatchUnit([link("a", size=10), link("b", size=11)])])  # same ino, other size: other file
+    units, _ = drain(s)
+    assert [e.path for u in units for e in u.entries] == ["a", "b"]
+
+
+def test_a_link_path_never_waits_forever():
+    """The primary turned into a new version on the way (it grew into a large file): its
+    waiting link path is uploaded by itself once nothing else is left."""
+    s, _ = make([BatchUnit([link("a"), link("b")])])
+    units, _ = drain(s)
+    grown = link("a", size=99 * MiB)
+    s.exchange(0, [UnitOutcome(units[0].uid, units=[LargeFileUnit(grown)])], 0, 0)
+    big, _ = drain(s)
+    assert [type(u).__name__ for u in big] == ["LargeFileUnit"]
+    s.exchange(0, [UnitOutcome(big[0].uid, rows=[ReportRow("a", "file", grown.size, RowStatus.SUCCEEDED)])],
+               0, 0)
+    rest, reply = drain(s)
+    assert [(type(u).__name__, [e.path for e in u.entries]) for u in rest] == [("BatchUnit", ["b"])]
