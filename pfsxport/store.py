@@ -8,14 +8,19 @@ project's StoreError tree (keeping __cause__). Local: no MPI here.
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import logging
+import os
 import random
+import re
 import threading
 import time
 import uuid
 import zlib
 from dataclasses import dataclass
 from typing import Any, Iterator
+from urllib.parse import quote
 
 from .config import S3Settings
 from .errors import (AccessDenied, NoSuchBucket, NoSuchUpload, RetryableStoreError, StoreError,
@@ -70,6 +75,9 @@ class S3Store:
         )
         self.client = session.client("s3", endpoint_url=settings.endpoint_url, config=cfg)
         self._tls = threading.local()
+        # Single PUTs (most of a tree) skip botocore's per-request machinery: ~0.5 ms of
+        # client CPU instead of ~1.7 ms. Everything else goes through the boto3 client.
+        self.fast = _SignedPut.for_client(self.client, session, bucket, settings, pool)
 
     # ---- the choke point ------------------------------------------------------------------
 
@@ -80,19 +88,29 @@ class S3Store:
         return n
 
     def _call(self, op: str, **kw: Any) -> Any:
+        """A boto3 operation on this bucket, through the retry loop."""
+        return self._retrying(op, kw.get("Key", ""), lambda: getattr(self.client, op)(Bucket=self.bucket, **kw),
+                              kw.get("Body"))
+
+    def _retrying(self, op: str, key: str, request, body: Any = None) -> Any:
+        """The one choke point: every request to the store runs here. Throttling, 5xx,
+        resets and timeouts are retried with exponential backoff and full jitter, at most
+        s3.max_attempts times in all; errors come out as the StoreError tree."""
         from botocore.exceptions import BotoCoreError, ClientError
+        from urllib3.exceptions import HTTPError as Urllib3Error
 
         attempts = self.settings.max_attempts
-        body = kw.get("Body")
         for attempt in range(1, attempts + 1):
             try:
                 if attempt > 1 and hasattr(body, "seek"):
                     body.seek(0)
-                return getattr(self.client, op)(Bucket=self.bucket, **kw)
+                return request()
             except ClientError as e:
-                err = _translate_client_error(op, kw.get("Key", ""), e)
-            except BotoCoreError as e:
+                err = _translate_client_error(op, key, e)
+            except (BotoCoreError, Urllib3Error, OSError) as e:
                 err = _translate_transport_error(op, e)
+            except StoreError as e:  # the signed fast path classifies its own answers
+                err = e
             if not err.retryable or attempt == attempts:
                 if err.retryable:  # retries exhausted: the final form of the error
                     cause = err.__cause__
@@ -112,6 +130,13 @@ class S3Store:
 
     def put_object(self, key: str, body: Any, metadata: dict[str, str] | None, content_type: str,
                    crc: int | None = None) -> str:
+        if self.fast is not None and isinstance(body, bytes):
+            headers = {"content-type": content_type}
+            if metadata:
+                headers.update({"x-amz-meta-" + k: v for k, v in metadata.items()})
+            if crc is not None and self.checksum:
+                headers["x-amz-checksum-crc32"] = crc32_b64(crc)
+            return self._retrying("put_object", key, lambda: self.fast.put(key, body, headers))
         kw: dict[str, Any] = {"Key": key, "Body": body, "ContentType": content_type}
         if metadata is not None:
             kw["Metadata"] = metadata
@@ -239,16 +264,24 @@ class S3Store:
 
 def _unreachable_types() -> tuple[type, ...]:
     from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError
+    from urllib3.exceptions import ConnectTimeoutError as U3ConnectTimeout
+    from urllib3.exceptions import NewConnectionError
 
-    return (EndpointConnectionError, ConnectTimeoutError)
+    return (EndpointConnectionError, ConnectTimeoutError, NewConnectionError, U3ConnectTimeout,
+            ConnectionRefusedError)
 
 
 def _translate_client_error(op: str, key: str, e: Any) -> StoreError:
     err = e.response.get("Error", {})
-    code = str(err.get("Code", ""))
     status = int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    out = _classify(op, key, str(err.get("Code", "")), status, str(err.get("Message", "")))
+    out.__cause__ = e
+    return out
+
+
+def _classify(op: str, key: str, code: str, status: int, message: str) -> StoreError:
     where = f" for key {key!r}" if key else ""
-    msg = f"{op}{where}: {code or status} {err.get('Message', '')}".strip()
+    msg = f"{op}{where}: {code or status} {message}".strip()
     cls: type[StoreError]
     if status == 403 or code in _DENIED_CODES:
         cls = AccessDenied
@@ -260,9 +293,7 @@ def _translate_client_error(op: str, key: str, e: Any) -> StoreError:
         cls = RetryableStoreError
     else:
         cls = StoreError
-    out = cls(msg, s3_code=code, status=status)
-    out.__cause__ = e
-    return out
+    return cls(msg, s3_code=code, status=status)
 
 
 def _translate_transport_error(op: str, e: Exception) -> StoreError:
@@ -270,9 +301,96 @@ def _translate_transport_error(op: str, e: Exception) -> StoreError:
                                      ReadTimeoutError, ResponseStreamingError)
     from botocore.exceptions import ConnectionError as BotoConnectionError
 
+    from urllib3.exceptions import HTTPError as Urllib3Error
+
     transient = (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError, ConnectionClosedError,
-                 ResponseStreamingError, BotoConnectionError)
+                 ResponseStreamingError, BotoConnectionError, Urllib3Error, OSError)
     cls = RetryableStoreError if isinstance(e, transient) else StoreError
     out = cls(f"{op}: {e}")
     out.__cause__ = e
     return out
+
+
+class _SignedPut:
+    """PutObject signed here (AWS Signature V4) and sent on a urllib3 connection pool.
+
+    Used only where it behaves exactly like the boto3 path: credentials from the same
+    session (refreshed per request), the client's own endpoint and region, no proxy in
+    the environment. Path-style URLs unless virtual-host style is asked for or the
+    endpoint is AWS's own (as botocore does with 'auto')."""
+
+    def __init__(self, pool, prefix: str, host: str, credentials, region: str):
+        self.pool = pool
+        self.prefix = prefix  # "/bucket/" (path style) or "/" (virtual host)
+        self.host = host
+        self.credentials = credentials
+        self.region = region
+        self._keys: dict[tuple[str, str], bytes] = {}
+
+    @classmethod
+    def for_client(cls, client, session, bucket: str, settings: S3Settings, pool: int) -> "_SignedPut | None":
+        import urllib.parse
+        import urllib.request
+
+        import urllib3
+
+        endpoint = urllib.parse.urlsplit(client.meta.endpoint_url)
+        creds = session.get_credentials()
+        if creds is None or urllib.request.getproxies().get(endpoint.scheme) and \
+                not urllib.request.proxy_bypass(endpoint.hostname or ""):
+            return None
+        aws = (endpoint.hostname or "").endswith(".amazonaws.com")
+        virtual = settings.addressing_style == "virtual" or (
+            settings.addressing_style == "auto" and aws and "." not in bucket)
+        host = f"{bucket}.{endpoint.netloc}" if virtual else endpoint.netloc
+        hostname = f"{bucket}.{endpoint.hostname}" if virtual else endpoint.hostname
+        timeout = urllib3.Timeout(connect=settings.connect_timeout, read=settings.read_timeout)
+        if endpoint.scheme == "https":
+            from botocore.httpsession import get_cert_path
+
+            ca = os.environ.get("AWS_CA_BUNDLE") or get_cert_path(True)
+            p = urllib3.HTTPSConnectionPool(hostname, endpoint.port or 443, maxsize=pool, block=False,
+                                            timeout=timeout, cert_reqs="CERT_REQUIRED", ca_certs=ca)
+        else:
+            p = urllib3.HTTPConnectionPool(hostname, endpoint.port or 80, maxsize=pool, block=False,
+                                           timeout=timeout)
+        return cls(p, "/" if virtual else f"/{bucket}/", host, creds, client.meta.region_name)
+
+    def _signing_key(self, secret: str, date: str) -> bytes:
+        k = self._keys.get((secret, date))
+        if k is None:
+            k = hmac.new(("AWS4" + secret).encode(), date.encode(), hashlib.sha256).digest()
+            for part in (self.region, "s3", "aws4_request"):
+                k = hmac.new(k, part.encode(), hashlib.sha256).digest()
+            self._keys = {(secret, date): k}
+        return k
+
+    def put(self, key: str, body: bytes, headers: dict[str, str]) -> str:
+        creds = self.credentials.get_frozen_credentials()
+        amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        payload = hashlib.sha256(body).hexdigest()
+        uri = self.prefix + quote(key.encode("utf-8"), safe="/~")
+        h = {"host": self.host, "x-amz-date": amz_date, "x-amz-content-sha256": payload, **headers}
+        if creds.token:
+            h["x-amz-security-token"] = creds.token
+        names = sorted(h)
+        canonical = "\n".join(("PUT", uri, "", "".join(f"{n}:{h[n].strip()}\n" for n in names), ";".join(names),
+                               payload))
+        scope = f"{amz_date[:8]}/{self.region}/s3/aws4_request"
+        to_sign = f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
+        sig = hmac.new(self._signing_key(creds.secret_key, amz_date[:8]), to_sign.encode(), hashlib.sha256).hexdigest()
+        h["authorization"] = (f"AWS4-HMAC-SHA256 Credential={creds.access_key}/{scope}, "
+                              f"SignedHeaders={';'.join(names)}, Signature={sig}")
+        del h["host"]  # urllib3 sends the same Host itself
+        r = self.pool.urlopen("PUT", uri, body=body, headers=h, retries=False, preload_content=True,
+                              assert_same_host=False)
+        if r.status == 200:
+            return r.headers.get("ETag", "")
+        text = r.data.decode("utf-8", "replace")
+        code = _xml_field(text, "Code")
+        raise _classify("put_object", key, code, r.status, _xml_field(text, "Message"))
+
+
+def _xml_field(text: str, name: str) -> str:
+    m = re.search(f"<{name}>(.*?)</{name}>", text, re.S)
+    return m.group(1) if m else ""
