@@ -8,6 +8,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import shlex
+import subprocess
 import sys
 
 from . import __version__
@@ -36,6 +39,36 @@ def _setup_logging(rank: int = 0) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _export_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config file (see configs/); command-line options win")
+    p.add_argument("--fs-root", help="the file-system mount (or tree) that task paths are relative to")
+    p.add_argument("--repository", help="s3://BUCKET/PREFIX/ that the tree maps to")
+    p.add_argument("--report-path", help="s3://BUCKET/PREFIX for {TaskId}/failures.csv "
+                   "(default: s3://BUCKET/pfsxport-reports)")
+    p.add_argument("--state-dir", help="task records and reports (default: $PFSXPORT_STATE_DIR or ~/.pfsxport)")
+    p.add_argument("--endpoint-url", help="S3 endpoint (default: the boto3 chain, e.g. AWS_ENDPOINT_URL)")
+    p.add_argument("--region")
+    p.add_argument("--profile", help="AWS profile for credentials")
+    p.add_argument("--addressing-style", choices=["auto", "path", "virtual"])
+    p.add_argument("--checksum", choices=["auto", "crc32", "none"])
+    p.add_argument("--max-object-size", help="largest object the store takes (default 5TiB)")
+    p.add_argument("--part-size", help="target multipart part size, rounded up to the stripe size (default 16MiB)")
+    p.add_argument("--multipart-threshold", help="files above this go multipart (default 64MiB)")
+    p.add_argument("--stripe-size", help="stripe size when `lfs` is not available (default 1MiB)")
+    p.add_argument("--concurrency", help="small-file requests in flight per rank (default 32)")
+    p.add_argument("--parts-in-flight", help="multipart parts in flight per rank (default 8)")
+    p.add_argument("--lfs", help="path of `lfs`, 'auto' (PATH) or 'off'")
+    p.add_argument("--progress", choices=["auto", "bar", "log", "off"])
+    p.add_argument("--progress-interval", help="seconds between progress lines (default 10)")
+    p.add_argument("--file-system-id", help="fs-... id to record (default: derived from --fs-root)")
+    p.add_argument("--full", action="store_true", default=None,
+                   help="export every entry, not only those new or changed since their last export")
+    p.add_argument("--delete", action="store_true", default=None,
+                   help="also delete the objects of entries exported earlier that are gone (renamed or "
+                        "removed); never touches keys pfsxport did not write")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="paths relative to --fs-root (default: all)")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pfsxport", description="Export a POSIX/Lustre tree to S3 the way "
                                 "FSx for Lustre data repositories do, in parallel over MPI.")
@@ -43,36 +76,18 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     e = sub.add_parser("export", help="create an export task and run it now (every MPI rank runs this)")
-    e.add_argument("--config", help="YAML config file (see configs/); command-line options win")
-    e.add_argument("--fs-root", help="the file-system mount (or tree) that task paths are relative to")
-    e.add_argument("--repository", help="s3://BUCKET/PREFIX/ that the tree maps to")
-    e.add_argument("--report-path", help="s3://BUCKET/PREFIX for {TaskId}/failures.csv "
-                   "(default: s3://BUCKET/pfsxport-reports)")
-    e.add_argument("--state-dir", help="task records and reports (default: $PFSXPORT_STATE_DIR or ~/.pfsxport)")
-    e.add_argument("--endpoint-url", help="S3 endpoint (default: the boto3 chain, e.g. AWS_ENDPOINT_URL)")
-    e.add_argument("--region")
-    e.add_argument("--profile", help="AWS profile for credentials")
-    e.add_argument("--addressing-style", choices=["auto", "path", "virtual"])
-    e.add_argument("--checksum", choices=["auto", "crc32", "none"])
-    e.add_argument("--max-object-size", help="largest object the store takes (default 5TiB)")
-    e.add_argument("--part-size", help="target multipart part size, rounded up to the stripe size (default 16MiB)")
-    e.add_argument("--multipart-threshold", help="files above this go multipart (default 64MiB)")
-    e.add_argument("--stripe-size", help="stripe size when `lfs` is not available (default 1MiB)")
-    e.add_argument("--concurrency", help="small-file requests in flight per rank (default 32)")
-    e.add_argument("--parts-in-flight", help="multipart parts in flight per rank (default 8)")
-    e.add_argument("--lfs", help="path of `lfs`, 'auto' (PATH) or 'off'")
-    e.add_argument("--progress", choices=["auto", "bar", "log", "off"])
-    e.add_argument("--progress-interval", help="seconds between progress lines (default 10)")
-    e.add_argument("--file-system-id", help="fs-... id to record (default: derived from --fs-root)")
-    e.add_argument("--full", action="store_true", default=None,
-                   help="export every entry, not only those new or changed since their last export")
-    e.add_argument("--delete", action="store_true", default=None,
-                   help="also delete the objects of entries exported earlier that are gone (renamed or "
-                        "removed); never touches keys pfsxport did not write")
-    e.add_argument("paths", nargs="*", metavar="PATH", help="paths relative to --fs-root (default: all)")
+    _export_options(e)
+    e.add_argument("--task-id", help="run this PENDING task (from `task create`) with its recorded options")
 
-    t = sub.add_parser("task", help="describe or cancel tasks")
+    t = sub.add_parser("task", help="create, describe or cancel tasks")
     tsub = t.add_subparsers(dest="task_command", required=True)
+    c = tsub.add_parser("create", help="record a PENDING export task; with --submit, hand it to Slurm")
+    _export_options(c)
+    c.add_argument("--submit", action="store_true", help="submit the task as a Slurm batch job")
+    c.add_argument("--sbatch", default="", metavar="OPTIONS",
+                   help="sbatch options, e.g. \"--ntasks=8 --time=2:00:00 --partition=io\"")
+    c.add_argument("--launcher", default="srun --mpi=pmi2", help="how the job starts the ranks "
+                   "(default: \"srun --mpi=pmi2\"; or \"mpiexec -n 8\")")
     for name, helptext in (("describe", "print tasks as FSx DescribeDataRepositoryTasks JSON"),
                            ("cancel", "cancel a PENDING or EXECUTING task")):
         c = tsub.add_parser(name, help=helptext)
@@ -120,10 +135,58 @@ def _state_dir(args) -> str:
     return default_state_dir()
 
 
+def _export_argv(args) -> list[str]:
+    """The export options of a parsed command line, as arguments again (absolute config)."""
+    out = ["--config", os.path.abspath(args.config)] if args.config else []
+    for flag in EXPORT_FLAGS:
+        v = getattr(args, flag)
+        if v is not None:
+            opt = "--" + flag.replace("_", "-")
+            out += [opt] if v is True else [opt, str(v)]
+    return out + list(args.paths)
+
+
+def _create(args, state) -> int:
+    """`task create`: record a PENDING task (FSx CreateDataRepositoryTask); with --submit,
+    submit `pfsxport export --task-id` as a Slurm job."""
+    from .job import new_record
+
+    cli = {key: getattr(args, flag) for flag, key in EXPORT_FLAGS.items()}
+    cli["paths"] = args.paths or None
+    cfg = load(args.config, cli)
+    rec = new_record(cfg)
+    argv = _export_argv(args)
+    if not args.state_dir:
+        argv = ["--state-dir", state.root] + argv
+    rec.request = {"Args": argv, "Cwd": os.getcwd()}
+    rec.slurm_job_id = None
+    state.create(rec)
+    if args.submit:
+        run = f"{args.launcher} {shlex.quote(sys.executable)} -m pfsxport export --task-id {rec.task_id} " \
+              f"--state-dir {shlex.quote(state.root)}"
+        cmd = ["sbatch", "--parsable", f"--job-name=pfsxport-{rec.task_id}", *shlex.split(args.sbatch),
+               "--wrap", run]
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            r = subprocess.CompletedProcess(cmd, 1, "", str(e))
+        if r.returncode != 0:
+            rec.fail(f"sbatch failed: {r.stderr.strip()}"[:256])
+            state.write(rec)
+            raise ConfigError(f"sbatch failed ({' '.join(cmd)}): {r.stderr.strip()}")
+        rec.slurm_job_id = r.stdout.strip().split(";")[0]
+        state.write(rec)
+        log.info("task %s submitted as Slurm job %s", rec.task_id, rec.slurm_job_id)
+    print(json.dumps({"DataRepositoryTask": rec.to_fsx()}, indent=4, ensure_ascii=False))
+    return 0
+
+
 def _task(args) -> int:
     from .state import StateDir, matches
 
     state = StateDir(_state_dir(args))
+    if args.task_command == "create":
+        return _create(args, state)
     if args.task_command == "cancel":
         rec = state.request_cancel(args.task_id)
         print(json.dumps({"Lifecycle": rec.lifecycle.value, "TaskId": rec.task_id}, indent=4))
@@ -144,10 +207,18 @@ def _export(args) -> int:
 
     world = World()
     _setup_logging(world.rank)
-    cli = {key: getattr(args, flag) for flag, key in EXPORT_FLAGS.items()}
-    cli["paths"] = args.paths or None
     try:
+        task_id = args.task_id
+        if task_id:  # a PENDING task: its recorded options, from where it was created
+            from .state import StateDir
+
+            request = StateDir(_state_dir(args)).read(task_id).request or {}
+            args = _parser().parse_args(["export", *request.get("Args", [])])
+            os.chdir(request.get("Cwd") or os.getcwd())
+        cli = {key: getattr(args, flag) for flag, key in EXPORT_FLAGS.items()}
+        cli["paths"] = args.paths or None
         cfg = load(args.config, cli)
+        cfg.task_id = task_id or ""
     except PfsxError as e:
         if world.rank == 0:
             log.error("%s", e)

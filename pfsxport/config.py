@@ -56,6 +56,7 @@ class ExportConfig:
     transfer: TransferSettings = field(default_factory=TransferSettings)
     full: bool = False
     delete: bool = False
+    task_id: str = ""  # run this PENDING task (task create) instead of creating one
     progress: str = "auto"
     progress_interval: float = 10.0
     status_interval: float = 2.0

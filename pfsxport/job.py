@@ -72,10 +72,12 @@ def _skip_set(cfg: ExportConfig) -> frozenset[str]:
 def _prepare(cfg: ExportConfig, state: StateDir, nranks: int, store: S3Store) -> Setup | Stop:
     """Rank 0: record the task, check the paths and the store. Nothing is uploaded here
     except the probe objects, which are removed."""
-    rec = TaskRecord(new_task_id(), cfg.file_system_id, list(cfg.paths), f"{cfg.report_path}",
-                     str(cfg.repository), ranks=nranks)
     try:
-        state.create(rec)
+        if cfg.task_id:
+            rec = state.adopt(cfg.task_id, nranks)
+        else:
+            rec = new_record(cfg, nranks)
+            state.create(rec)
     except TaskError as e:
         log.error("%s", e)
         return Stop(e.exit_code)
@@ -116,6 +118,11 @@ def _prepare(cfg: ExportConfig, state: StateDir, nranks: int, store: S3Store) ->
 
 def _manifest(cfg: ExportConfig) -> Manifest:
     return Manifest(manifest_dir(cfg.state_dir, cfg.file_system_id, str(cfg.repository)))
+
+
+def new_record(cfg: ExportConfig, nranks: int = 1) -> TaskRecord:
+    return TaskRecord(new_task_id(), cfg.file_system_id, list(cfg.paths), f"{cfg.report_path}",
+                      str(cfg.repository), ranks=nranks)
 
 
 def _fail_early(state: StateDir, rec: TaskRecord, message: str, code: ExitCode) -> Stop:

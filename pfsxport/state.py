@@ -13,6 +13,7 @@ import json
 import os
 import secrets
 import socket
+import subprocess
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ class TaskRecord:
     pid: int = field(default_factory=os.getpid)
     ranks: int = 1
     slurm_job_id: str | None = field(default_factory=lambda: os.environ.get("SLURM_JOB_ID"))
+    request: dict | None = None  # a PENDING task's export arguments and working directory
 
     def move(self, new: TaskLifecycle) -> None:
         self.lifecycle = transition(self.lifecycle, new)
@@ -94,6 +96,7 @@ class TaskRecord:
         d["EndTime"] = self.end_time
         d["Owner"] = {"Host": self.host, "Pid": self.pid, "Ranks": self.ranks, "SlurmJobId": self.slurm_job_id}
         d["DataRepositoryPath"] = self.repository
+        d["Request"] = self.request
         return d
 
     @classmethod
@@ -108,7 +111,7 @@ class TaskRecord:
             counts=Counts(st.get("TotalCount", 0), st.get("SucceededCount", 0), st.get("FailedCount", 0)),
             last_updated=st.get("LastUpdatedTime", d["CreationTime"]), failure_message=d.get("FailureMessage"),
             host=owner.get("Host", ""), pid=owner.get("Pid", 0), ranks=owner.get("Ranks", 1),
-            slurm_job_id=owner.get("SlurmJobId"))
+            slurm_job_id=owner.get("SlurmJobId"), request=d.get("Request"))
 
 
 def _write_atomic(path: str, data: bytes) -> None:
@@ -173,6 +176,8 @@ class StateDir:
         """True when the job that owns an active record is no longer running."""
         if rec.lifecycle.terminal:
             return False
+        if rec.lifecycle is TaskLifecycle.PENDING:  # waits for its job (or for `export --task-id`)
+            return slurm_job_gone(rec.slurm_job_id) if rec.slurm_job_id else False
         if rec.host == socket.gethostname() and rec.pid:
             try:
                 os.kill(rec.pid, 0)
@@ -214,22 +219,54 @@ class StateDir:
             self.write(rec)
 
     def request_cancel(self, task_id: str) -> TaskRecord:
-        """Ask a PENDING or EXECUTING task to stop (T-7). The running job sees the request
-        within a second and moves the task on to CANCELED."""
+        """Ask a PENDING or EXECUTING task to stop (T-7). A running job sees the request
+        within a second and moves the task on to CANCELED; a PENDING one (queued in Slurm
+        or never started) has its job removed and ends CANCELED at once."""
         with self._lock():
             rec = self.reap(self.read(task_id))
             if rec.lifecycle.terminal:
                 raise TaskError("DataRepositoryTaskEnded",
                                 f"task {task_id} has already ended ({rec.lifecycle.value})")
-            if rec.lifecycle is not TaskLifecycle.CANCELING:
-                _write_atomic(self.cancel_path(task_id), str(time.time()).encode())
+            _write_atomic(self.cancel_path(task_id), str(time.time()).encode())
+            if rec.lifecycle is TaskLifecycle.PENDING:
+                if rec.slurm_job_id:
+                    subprocess.run(["scancel", rec.slurm_job_id], capture_output=True, timeout=60)
                 rec.move(TaskLifecycle.CANCELING)
-                rec.last_updated = time.time()
-                self.write(rec)
+                rec.move(TaskLifecycle.CANCELED)
+                rec.end_time = time.time()
+            elif rec.lifecycle is not TaskLifecycle.CANCELING:
+                rec.move(TaskLifecycle.CANCELING)
+            rec.last_updated = time.time()
+            self.write(rec)
+            return rec
+
+    def adopt(self, task_id: str, ranks: int) -> TaskRecord:
+        """The job that runs a PENDING task (`export --task-id`) takes its record over."""
+        with self._lock():
+            rec = self.read(task_id)
+            if rec.lifecycle is not TaskLifecycle.PENDING:
+                raise TaskError("DataRepositoryTaskEnded", f"task {task_id} is {rec.lifecycle.value}, not PENDING",
+                                ExitCode.CANCELED if rec.lifecycle is TaskLifecycle.CANCELED else None)
+            rec.host, rec.pid, rec.ranks = socket.gethostname(), os.getpid(), ranks
+            rec.slurm_job_id = os.environ.get("SLURM_JOB_ID") or rec.slurm_job_id
+            rec.last_updated = time.time()
+            self.write(rec)
             return rec
 
     def cancel_requested(self, task_id: str) -> bool:
         return os.path.exists(self.cancel_path(task_id))
+
+
+def slurm_job_gone(job_id: str) -> bool:
+    """True when Slurm no longer knows the job as pending or running (False if unsure)."""
+    try:
+        r = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    if r.returncode != 0:
+        return "Invalid job id" in r.stderr
+    return r.stdout.strip() not in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "SUSPENDED",
+                                    "RESIZING", "REQUEUE_HOLD", "REQUEUE_FED")
 
 
 def matches(rec: TaskRecord, filters: list[tuple[str, list[str]]]) -> bool:

@@ -146,8 +146,7 @@ def test_ended_task_does_not_block(state, moves):
     assert len(list(state.all())) == 2
 
 
-@pytest.mark.parametrize("lifecycle, reaped", [(L.PENDING, L.FAILED), (L.EXECUTING, L.FAILED),
-                                               (L.CANCELING, L.CANCELED)])
+@pytest.mark.parametrize("lifecycle, reaped", [(L.EXECUTING, L.FAILED), (L.CANCELING, L.CANCELED)])
 def test_dead_owner_is_reaped_and_does_not_block(state, dead_pid, lifecycle, reaped):
     stale = rec(lifecycle=lifecycle, pid=dead_pid, host=socket.gethostname())
     state.ensure()
@@ -162,6 +161,16 @@ def test_dead_owner_is_reaped_and_does_not_block(state, dead_pid, lifecycle, rea
     if reaped is L.FAILED:
         assert 1 <= len(d["FailureDetails"]["Message"]) <= 256
     assert state.read(new.task_id).lifecycle is L.PENDING
+
+
+def test_pending_task_waits_for_its_job_whatever_its_creator(state, dead_pid, monkeypatch):
+    """A PENDING task's creator (`task create`) exits at once; the task waits for the job that
+    will run it. Without a Slurm job it is never reaped; with one, when Slurm no longer has it."""
+    pending = rec(lifecycle=L.PENDING, pid=dead_pid, host=socket.gethostname(), last_updated=0.0)
+    assert not state.is_gone(pending)
+    pending.slurm_job_id = "4242"
+    monkeypatch.setattr("pfsxport.state.slurm_job_gone", lambda job: job == "4242")
+    assert state.is_gone(pending)
 
 
 def test_live_owner_on_this_host_is_not_reaped_even_if_old(state):
@@ -183,7 +192,18 @@ def test_terminal_record_is_never_gone(state, dead_pid):
 
 # ---- cancel (T-7) --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("lifecycle", [L.PENDING, L.EXECUTING])
+def test_request_cancel_of_a_pending_task_ends_it_at_once(state):
+    r = rec(lifecycle=L.PENDING)
+    state.create(r)
+    out = state.request_cancel(r.task_id)
+    assert out.lifecycle is L.CANCELED and state.read(r.task_id).lifecycle is L.CANCELED
+    assert "EndTime" in state.read(r.task_id).to_fsx()
+    with pytest.raises(TaskError) as ei:  # and a job that starts it late does not run it
+        state.adopt(r.task_id, 2)
+    assert ei.value.name == "DataRepositoryTaskEnded" and ei.value.exit_code == 4
+
+
+@pytest.mark.parametrize("lifecycle", [L.EXECUTING])
 def test_request_cancel(state, lifecycle):
     r = rec(lifecycle=lifecycle)
     state.create(r)
