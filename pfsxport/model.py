@@ -241,6 +241,7 @@ class UploadStarted:
     attempt: int
     started: float
     reused: list["PartDone"] = field(default_factory=list)  # parts a dead job already uploaded
+    retries: int = 0  # retries of the create
 
 
 @dataclass(slots=True)

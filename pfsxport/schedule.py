@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .lifecycle import Counts
-from .model import (BatchUnit, CopyUnit, DeleteTreeUnit, DeleteUnit, DirUnit, Entry, FinishUnit, LargeFileUnit, PartDone,
-                    PartUnit, ReportRow, RowStatus, UnitOutcome, UploadStarted)
+from .model import (BatchUnit, CopyUnit, DeleteTreeUnit, DeleteUnit, DirUnit, Entry, FinishUnit, LargeFileUnit,
+                    PartDone, PartUnit, ReportRow, RowStatus, UnitOutcome, UploadStarted)
 
 
 class _Signal:
@@ -242,7 +242,7 @@ class Scheduler:
             upload_id, s.key, s.entry, s.entry.snapshot(),
             parts=[(d.number, d.etag, d.crc_b64) for d in ordered if not (d.changed or d.error_code)],
             crcs=[(d.crc, d.length) for d in ordered],
-            retries=sum(d.retries for d in ordered), attempt=s.attempt, osts=tuple(osts),
+            retries=s.retries + sum(d.retries for d in ordered), attempt=s.attempt, osts=tuple(osts),
             error_code=up.error.error_code if up.error else "",
             error_message=up.error.error_message if up.error else "",
             retry_file=up.changed and up.error is None, started=s.started))
@@ -317,5 +317,5 @@ class Scheduler:
 
     def progress(self) -> Progress:
         return Progress(Counts(self.counts.total, self.counts.succeeded, self.counts.failed), self.skipped,
-                        self.unchanged, self.deleted, self.discovered, self.discovered_bytes, self.bytes_sent, self.retries,
-                        len(self.uploads), self.canceled)
+                        self.unchanged, self.deleted, self.discovered, self.discovered_bytes, self.bytes_sent,
+                        self.retries, len(self.uploads), self.canceled)

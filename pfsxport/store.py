@@ -148,7 +148,26 @@ class S3Store:
         kw: dict[str, Any] = {"Key": key, "Metadata": metadata, "ContentType": content_type}
         if self.checksum:
             kw["ChecksumAlgorithm"] = "CRC32"
-        return self._call("create_multipart_upload", **kw)["UploadId"]
+        started = time.time()
+        retries_before = getattr(self._tls, "retries", 0)
+        upload_id = self._call("create_multipart_upload", **kw)["UploadId"]
+        if getattr(self._tls, "retries", 0) > retries_before:
+            self._abort_lost_creates(key, upload_id, started)
+        return upload_id
+
+    def _abort_lost_creates(self, key: str, upload_id: str, started: float) -> None:
+        """A create whose answer was lost and then retried leaves an upload that nobody
+        knows the id of: abort the uploads of this exact key that began during our call."""
+        try:
+            r = self._call("list_multipart_uploads", Prefix=key)
+            for u in r.get("Uploads", []):
+                initiated = u.get("Initiated")
+                if u["Key"] == key and u["UploadId"] != upload_id and initiated is not None \
+                        and started - 60 <= initiated.timestamp() <= time.time() + 60:
+                    log.info("aborting upload %s of %s: its create was retried", u["UploadId"], key)
+                    self.abort_multipart(key, u["UploadId"])
+        except StoreError as err:
+            log.warning("could not look for lost uploads of %s: %s", key, err)
 
     def upload_part(self, key: str, upload_id: str, number: int, body: bytes, crc: int) -> tuple[str, str]:
         kw: dict[str, Any] = {"Key": key, "UploadId": upload_id, "PartNumber": number, "Body": body}

@@ -190,9 +190,8 @@ class Transfer:
             return self._as_upload(unit, fresh)
         try:
             self.store.copy_object(self.repo.key(unit.source), key, fsx_headers(fresh), content_type(fresh.kind))
-        except StoreError as err:
+        except StoreError as err:  # its retries count on the upload that replaces it
             log.info("server-side copy to %s failed (%s); uploading it instead", key, err)
-            self.store.take_retries()
             return self._as_upload(unit, fresh)
         self.delta.put(e.path, fresh.rec())
         return UnitOutcome(unit.uid, rows=[ReportRow(
@@ -393,7 +392,8 @@ class Transfer:
             out.rows.append(self._row(fresh, RowStatus.FAILED, err.code, retries=self.store.take_retries(),
                                       message=str(err)[:500]))
             return out
-        out.started.append(UploadStarted(upload_id, key, fresh, parts, unit.attempt, t0, reused or []))
+        out.started.append(UploadStarted(upload_id, key, fresh, parts, unit.attempt, t0, reused or [],
+                                         self.store.take_retries()))
         return out
 
     def _reusable(self, resume, fresh: Entry, parts, key: str) -> list[PartDone] | None:

@@ -42,7 +42,7 @@ def test_in_process_api_exports_once_on_the_signal(seaweed, tmp_path):
     os.makedirs(root / "ckpt")
     (root / "ckpt" / "state.bin").write_bytes(os.urandom(10_000))
     bucket = seaweed.new_bucket()
-    program = textwrap.dedent(f"""
+    program = textwrap.dedent("""
         import os, signal, sys, time
         from pfsxport.checkpoint import ExportOnSignal
         with ExportOnSignal(sys.argv[1:]) as ck:

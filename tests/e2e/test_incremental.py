@@ -131,7 +131,7 @@ class Poller(threading.Thread):
 
     def _poll(self):
         while not self.stop.is_set():
-            for key, size in list_keys(self.c, self.bucket, "x/").items():
+            for key in list_keys(self.c, self.bucket, "x/"):
                 if key.endswith("/") or ".pfsxport-probe-" in key:  # the probe's short-lived objects
                     continue
                 body = self.c.get_object(Bucket=self.bucket, Key=key)["Body"].read()

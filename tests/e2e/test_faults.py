@@ -1,0 +1,196 @@
+"""Faults from the store: throttling (503 SlowDown), 500s, connection resets, answers cut
+mid-body and read timeouts are retried through the one choke point and the export completes
+whole; a part that fails for good aborts its upload and fails that one file (S3Error), never
+the job.
+
+The faults come from tests/faultproxy.py, a small HTTP proxy of ours on 127.0.0.1 in front of
+SeaweedFS. pfsxport talks to the proxy; the tests read the bucket straight from SeaweedFS.
+Which requests get a fault depends on timing (the proxy draws in arrival order from a seeded
+generator), so every assertion here holds whichever requests are hit."""
+from __future__ import annotations
+
+import csv
+import os
+import random
+import re
+
+import pytest
+
+from conftest import describe, list_keys, run_export, task_id_of
+from faultproxy import (FaultProxy, idempotent, is_complete_multipart, is_create_multipart, is_put,
+                        is_upload_part, key_contains)
+from test_incremental import Poller
+from treeutil import assert_bucket_matches_tree, settle_atimes
+
+MiB = 1 << 20
+
+
+def make_tree(root, small: int = 300, dirs: int = 5, big: int = 3, parts: int = 4, seed: int = 0) -> str:
+    """`small` small files spread over directories d0..d{dirs-1}, and big/b0.. of `parts` 5 MiB
+    parts each (the last one short)."""
+    rnd = random.Random(seed)
+    for d in range(dirs):
+        os.makedirs(os.path.join(root, f"d{d}"), exist_ok=True)
+    for i in range(small):
+        with open(os.path.join(root, f"d{i % dirs}", f"f{i:04d}"), "wb") as f:
+            f.write(rnd.randbytes(rnd.randrange(1, 4096)))
+    if big:
+        os.makedirs(os.path.join(root, "big"), exist_ok=True)
+    for i in range(big):
+        with open(os.path.join(root, "big", f"b{i}"), "wb") as f:
+            f.write(rnd.randbytes(parts * 5 * MiB - 1000 * (i + 1)))
+    settle_atimes(str(root))
+    return str(root)
+
+
+def export(seaweed, proxy, root, bucket, state, *extra, ranks=2):
+    return run_export(seaweed, ["--fs-root", str(root), "--repository", f"s3://{bucket}/x/", "--report-path",
+                                f"s3://{bucket}/reports", "--state-dir", str(state), "--endpoint-url", proxy.url,
+                                "--part-size", "5MiB", "--multipart-threshold", "5MiB", "--progress", "off",
+                                *extra], ranks=ranks, timeout=120)
+
+
+def report_rows(state, task) -> dict[str, dict]:
+    with open(os.path.join(state, "tasks", task, "report.csv"), newline="") as f:
+        return {row["path"]: row for row in csv.DictReader(f)}
+
+
+def total_retries(rows: dict[str, dict]) -> int:
+    return sum(int(row["retries"]) for row in rows.values())
+
+
+def config(tmp_path, **s3) -> str:
+    path = tmp_path / "faults.yaml"
+    path.write_text("s3:\n" + "".join(f"  {k}: {v}\n" for k, v in s3.items()))
+    return str(path)
+
+
+def open_uploads(client, bucket) -> list:
+    return client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+
+
+def on_files(proxy, bucket) -> int:
+    """Faults injected on requests for the exported objects (not the probe's, not the report's)."""
+    return sum(1 for _, _, target in proxy.events
+               if target.startswith(f"/{bucket}/x/") and ".pfsxport-probe-" not in target)
+
+
+def explain(r, proxy) -> str:
+    return f"exit {r.returncode}; proxy: {proxy.summary()}\n{r.stderr[-4000:]}"
+
+
+@pytest.mark.timeout(150)
+def test_ten_percent_of_requests_faulted_the_export_completes_whole(seaweed, tmp_path):
+    root = make_tree(tmp_path / "fs")  # 300 small files in 5 directories, 3 files of 4 parts
+    bucket = seaweed.new_bucket()
+    state = str(tmp_path / "st")
+    direct = seaweed.client()
+    poller = Poller(seaweed, bucket, root)
+    # 10% of all requests: 3% 503 SlowDown, 2.5% 500, 2.5% reset before any answer, 2% cut
+    # mid-body. Cuts hit only requests that can be replayed after the store acted on them; the
+    # multipart POSTs have their own test below (test_each_multipart_step_faulted_once).
+    rates = {"slowdown": 0.03, "internal": 0.025, "reset": 0.025, "cut": 0.02}
+    with FaultProxy(seaweed.endpoint, rates=rates, seed=20261123, when_kind={"cut": idempotent}) as proxy:
+        poller.start()
+        try:
+            r = export(seaweed, proxy, root, bucket, state)
+        finally:
+            poller.stop.set()
+            poller.join()
+    print(f"10% faults: {proxy.summary()}")
+    assert r.returncode == 0, explain(r, proxy)
+    task = task_id_of(r)
+    t = describe(task, state)
+    assert t["Lifecycle"] == "SUCCEEDED"
+    assert t["Status"]["TotalCount"] == t["Status"]["SucceededCount"] == 300 + 5 + 1 + 3
+    assert_bucket_matches_tree(direct, bucket, "x/", root, dir_metadata=False, content_types=False)
+    assert open_uploads(direct, bucket) == []
+    assert direct.get_object(Bucket=bucket, Key=f"reports/{task}/failures.csv")["Body"].read() == b""
+    # the faults really happened, every kind of them ...
+    assert all(proxy.counts[k] > 0 for k in rates) and proxy.counts["upstream_error"] == 0, proxy.summary()
+    # ... and were retried: they show in the report (each fault on an exported object's request
+    # costs that object one retry; the probe's and the report's own requests have no row)
+    rows = report_rows(state, task)
+    assert 0 < total_retries(rows) <= on_files(proxy, bucket), (total_retries(rows), proxy.summary())
+    assert int(re.search(r"(\d+) retries", r.stderr).group(1)) == total_retries(rows)
+    # nobody reading the bucket meanwhile saw a torn object
+    assert poller.reads > 0 and poller.bad == []
+
+
+@pytest.mark.timeout(120)
+def test_a_part_failing_for_good_fails_that_file_only(seaweed, tmp_path):
+    root = make_tree(tmp_path / "fs", small=40, dirs=2, big=3, parts=3)
+    bucket = seaweed.new_bucket()
+    state = str(tmp_path / "st")
+    direct = seaweed.client()
+    doomed = lambda r: is_upload_part(r) and key_contains("/x/big/b1")(r)  # noqa: E731
+    with FaultProxy(seaweed.endpoint, always=doomed) as proxy:
+        r = export(seaweed, proxy, root, bucket, state, "--config", config(tmp_path, max_attempts=3))
+    print(f"failed for good: {proxy.summary()}")
+    assert r.returncode == 3, explain(r, proxy)  # FILES_FAILED: the job ran to its end
+    task = task_id_of(r)
+    t = describe(task, state)
+    assert t["Lifecycle"] == "FAILED"
+    assert (t["Status"]["FailedCount"], t["Status"]["SucceededCount"]) == (1, 40 + 2 + 1 + 2)
+    failures = direct.get_object(Bucket=bucket, Key=f"reports/{task}/failures.csv")["Body"].read()
+    assert failures == b"big/b1,failed,S3Error\n"
+    row = report_rows(state, task)["big/b1"]
+    assert (row["status"], row["error_code"]) == ("failed", "S3Error")
+    assert "SlowDown" in row["message"] and "after 3 attempts" in row["message"], row
+    assert int(row["retries"]) >= 2  # a part: 3 attempts, 2 retries
+    # each attempt of the parts that were tried hit the wall: 3 per part, at most 3 parts
+    assert proxy.counts["always"] in (3, 6, 9) and proxy.counts["upstream_error"] == 0, proxy.summary()
+    # its upload was aborted and nothing of it is in the bucket
+    assert open_uploads(direct, bucket) == []
+    assert "x/big/b1" not in list_keys(direct, bucket, "x/")
+    # everything else is there and whole
+    os.unlink(os.path.join(root, "big", "b1"))
+    assert_bucket_matches_tree(direct, bucket, "x/", root, dir_metadata=False, content_types=False)
+
+
+@pytest.mark.timeout(120)
+def test_read_timeouts_are_retried(seaweed, tmp_path):
+    root = make_tree(tmp_path / "fs", small=60, dirs=2, big=1, parts=2)
+    bucket = seaweed.new_bucket()
+    state = str(tmp_path / "st")
+    direct = seaweed.client()
+    # 10% of the PUTs (objects and parts) wait 3 s before any answer: longer than the 1 s read
+    # timeout, so the client gives up on them and tries again
+    with FaultProxy(seaweed.endpoint, rates={"delay": 0.1}, seed=7, when=is_put, delay_seconds=3) as proxy:
+        r = export(seaweed, proxy, root, bucket, state, "--config", config(tmp_path, read_timeout=1))
+    print(f"read timeouts: {proxy.summary()}")
+    assert r.returncode == 0, explain(r, proxy)
+    task = task_id_of(r)
+    assert describe(task, state)["Lifecycle"] == "SUCCEEDED"
+    assert_bucket_matches_tree(direct, bucket, "x/", root, dir_metadata=False, content_types=False)
+    assert open_uploads(direct, bucket) == []
+    assert proxy.counts["delay"] > 0 and proxy.counts["upstream_error"] == 0, proxy.summary()
+    assert proxy.counts["delay_dropped"] == proxy.counts["delay"]  # the client hung up on every one
+    # every delayed request for an object cost that object a retry (a loaded machine may add
+    # timeouts of its own)
+    assert total_retries(report_rows(state, task)) >= on_files(proxy, bucket) > 0
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("step, kind", [
+    ("CreateMultipartUpload", "slowdown"),
+    ("UploadPart", "reset"),
+    ("CompleteMultipartUpload", "cut"),  # the store completed it; the answer is lost
+    ("CreateMultipartUpload", "cut"),  # the store started an upload; its UploadId is lost
+])
+def test_each_multipart_step_faulted_once(seaweed, tmp_path, step, kind):
+    """The first request of one multipart step gets one fault; the rest go through."""
+    root = make_tree(tmp_path / "fs", small=0, dirs=0, big=1, parts=2)
+    bucket = seaweed.new_bucket()
+    state = str(tmp_path / "st")
+    direct = seaweed.client()
+    which = {"CreateMultipartUpload": is_create_multipart, "UploadPart": is_upload_part,
+             "CompleteMultipartUpload": is_complete_multipart}[step]
+    with FaultProxy(seaweed.endpoint, rates={kind: 1.0}, when=which, limit={kind: 1}) as proxy:
+        r = export(seaweed, proxy, root, bucket, state, ranks=None)
+    assert r.returncode == 0, explain(r, proxy)
+    assert proxy.counts[kind] == 1 and proxy.counts["upstream_error"] == 0, proxy.summary()
+    assert_bucket_matches_tree(direct, bucket, "x/", root, dir_metadata=False, content_types=False)
+    assert report_rows(state, task_id_of(r))["big/b0"]["retries"] == "1"
+    # nothing left open: an upload whose UploadId never reached pfsxport included
+    assert open_uploads(direct, bucket) == [], f"{step} answer lost: upload(s) left open"
