@@ -317,7 +317,8 @@ def _upload_report(store: S3Store, report: S3Url, task_id: str, paths: dict[str,
     for name, path in paths.items():
         try:
             with open(path, "rb") as f:
-                store.put_object(base + name, f, None, types[name])
+                body = f.read() if os.path.getsize(path) <= 64 << 20 else f
+                store.put_object(base + name, body, None, types[name])
         except StoreError as e:
             log.error("ERROR S3CompletionReportUploadFailure: could not write %s to s3://%s/%s: %s "
                       "(a copy is in %s)", name, store.bucket, base + name, e, path)

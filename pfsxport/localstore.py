@@ -107,10 +107,11 @@ class SeaweedFS:
                 "AWS_ENDPOINT_URL": self.endpoint, "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1"}
 
     def client(self):
-        import boto3
         import botocore.config
+        import botocore.session
 
-        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=ACCESS_KEY,
+        return botocore.session.Session().create_client(
+                            "s3", endpoint_url=self.endpoint, aws_access_key_id=ACCESS_KEY,
                             aws_secret_access_key=SECRET_KEY, region_name="us-east-1",
                             config=botocore.config.Config(s3={"addressing_style": "path"},
                                                           request_checksum_calculation="when_required",

@@ -283,6 +283,12 @@ class Scheduler:
         """Take a rank's outcomes, then give it up to the wanted units, or WAIT, or STOP."""
         for o in outcomes:
             self._absorb(o)
+        # at most a fair share of what is queued, so scarce work (a small tree, the parts of
+        # one big file, the tail of a task) spreads over the ranks instead of going to the first
+        light = len(self.finish) + len(self.batches) + len(self.dirs)
+        heavy = len(self.parts) + len(self.large)
+        want_light = min(want_light, max(1, -(-light // self.nranks)))
+        want_heavy = min(want_heavy, max(1, -(-heavy // self.nranks)))
         given: list = []
         for take, want in ((self._take_light, want_light), (self._take_heavy, want_heavy)):
             while len(given) < want_light + want_heavy and want > 0:

@@ -37,7 +37,7 @@ def done(unit: PartUnit, **kw) -> UnitOutcome:
     return UnitOutcome(unit.uid, parts=[pd], bytes_sent=0 if (kw.get("changed") or kw.get("error_code")) else p.length)
 
 
-def make(roots, nranks=2, **kw):
+def make(roots, nranks=1, **kw):
     got: list[ReportRow] = []
     return Scheduler(list(roots), got.extend, nranks, **kw), got
 
@@ -409,3 +409,15 @@ def test_a_link_path_never_waits_forever():
                0, 0)
     rest, reply = drain(s)
     assert [(type(u).__name__, [e.path for e in u.entries]) for u in rest] == [("BatchUnit", ["b"])]
+
+
+def test_scarce_work_is_shared_not_taken_by_the_first_rank_to_ask():
+    """Five parts of one big file and four ranks: the first rank to ask gets its share (2),
+    not all five, and every rank that asks next gets some."""
+    s, _ = make([], nranks=4)
+    s.exchange(0, [UnitOutcome(0, started=[started(nparts=5)])], 0, 0)
+    first = s.exchange(0, [], 0, 16)
+    assert len(first) == 2
+    others = [s.exchange(r, [], 0, 16) for r in (1, 2, 3)]
+    assert [len(o) for o in others] == [1, 1, 1]
+    assert len({u.uid for u in first + sum(others, [])}) == 5
