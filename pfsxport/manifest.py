@@ -61,48 +61,54 @@ class OpenUpload:
 
 
 class Reader:
-    """Read-only lookups during a task; one SQLite connection per thread."""
+    """Read-only lookups during a task: one SQLite connection per rank (memory bounded by
+    its page cache), shared by the rank's threads under a lock; queries are short."""
 
     def __init__(self, db_path: str):
         self.db_path = db_path
         self.exists = os.path.exists(db_path)
-        self._tls = threading.local()
+        self._lock = threading.Lock()
+        self._con: sqlite3.Connection | None = None
 
-    def _conn(self) -> sqlite3.Connection:
-        c = getattr(self._tls, "conn", None)
-        if c is None:
-            c = sqlite3.connect(f"file:{self.db_path}?mode=ro&immutable=1", uri=True, check_same_thread=False)
-            self._tls.conn = c
-        return c
+    def _rows(self, sql: str, args: tuple) -> list:
+        with self._lock:
+            if self._con is None:
+                self._con = sqlite3.connect(f"file:{self.db_path}?mode=ro&immutable=1", uri=True,
+                                            check_same_thread=False)
+                self._con.execute("PRAGMA cache_size=-8192")  # 8 MiB
+            return self._con.execute(sql, args).fetchall()
 
-    def directory(self, path: str) -> dict[str, Rec]:
-        """{child name: rec} of what was exported under directory `path` ("" = the root)."""
+    def directory(self, path: str) -> dict[bytes, Rec]:
+        """{child byte name: rec} of what was exported under directory `path` ("" = the root)."""
         if not self.exists:
             return {}
-        rows = self._conn().execute(
-            "SELECT name, size, mtime, ctime, mode, uid, gid, ino FROM entries WHERE dir = ?",
-            (os.fsencode(path),))
-        return {os.fsdecode(r[0]): r[1:] for r in rows}
+        rows = self._rows("SELECT name, size, mtime, ctime, mode, uid, gid, ino FROM entries WHERE dir = ?",
+                          (os.fsencode(path),))
+        return {r[0]: r[1:] for r in rows}
 
     def subtree(self, path: str, batch: int = 1000) -> Iterator[list[tuple[str, int]]]:
-        """(path, mode) of everything exported at or below `path`, in batches."""
+        """(path, mode) of everything exported at or below `path`, a page at a time (a
+        renamed directory may hold millions of entries)."""
         if not self.exists:
             return
         d, n = split(path)
         base = os.fsencode(path)
-        cur = self._conn().execute(
-            "SELECT dir, name, mode FROM entries WHERE (dir = ? AND name = ?) OR dir = ? "
-            "OR (dir >= ? AND dir < ?)", (d, n, base, base + b"/", base + b"0"))
+        last = (b"", b"")
         while True:
-            rows = cur.fetchmany(batch)
+            rows = self._rows(
+                "SELECT dir, name, mode FROM entries WHERE ((dir = ? AND name = ?) OR dir = ? "
+                "OR (dir >= ? AND dir < ?)) AND (dir, name) > (?, ?) ORDER BY dir, name LIMIT ?",
+                (d, n, base, base + b"/", base + b"0", *last, batch))
             if not rows:
                 return
+            last = (rows[-1][0], rows[-1][1])
             yield [(os.fsdecode(r[0] + b"/" + r[1] if r[0] else r[1]), r[2]) for r in rows]
 
     def close(self) -> None:
-        c = getattr(self._tls, "conn", None)
-        if c is not None:
-            c.close()
+        with self._lock:
+            if self._con is not None:
+                self._con.close()
+                self._con = None
 
 
 class DeltaLog:

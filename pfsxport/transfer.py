@@ -138,6 +138,8 @@ class Transfer:
         return units
 
     def scan(self, unit: DirUnit) -> UnitOutcome:
+        """List one directory; new and changed children become units, every subdirectory a
+        scan. Unchanged children cost an lstat and a tuple comparison, nothing more."""
         res = scan_dir(self.fs_root, unit.path, self.skip)
         out = UnitOutcome(unit.uid)
         if res.error is not None:
@@ -147,29 +149,41 @@ class Transfer:
                                           message=f"cannot list directory: {res.error.strerror}"))
             return out
         previous = self.manifest.directory(unit.path) if self.manifest else {}
-        changed, unchanged = self.changed(res.entries, previous)
-        out.units = self.route(changed)
-        out.units += [DirUnit(e.path) for e in res.entries if e.kind is EntryKind.DIRECTORY]
+        prefix = unit.path + "/" if unit.path else ""
+        changed: list[Entry] = []
+        dirs: list[DirUnit] = []
+        unchanged = 0
+        for name, st in res.items:
+            before = previous.pop(name, None)
+            mode = st.st_mode
+            if _stat.S_ISDIR(mode):
+                dirs.append(DirUnit(prefix + os.fsdecode(name)))
+            if before is not None and not self.full and before == (
+                    st.st_size, st.st_mtime_ns, st.st_ctime_ns, mode, st.st_uid, st.st_gid, st.st_ino):
+                unchanged += 1
+                continue
+            changed.append(Entry.from_stat(prefix + os.fsdecode(name), st))
+        out.units = self.route(changed) + dirs
         if self.delete and previous:  # what is left of `previous` is gone from the directory
             out.units += self.deletions(unit.path, previous)
-        out.discovered = Discovered(len(res.entries), sum(e.size for e in changed if e.kind is EntryKind.FILE),
+        out.discovered = Discovered(len(res.items), sum(e.size for e in changed if e.kind is EntryKind.FILE),
                                     unchanged)
         return out
 
     def changed(self, entries: list[Entry], previous: dict) -> tuple[list[Entry], int]:
         """Entries to export (new or changed since their last export, or all with `full`);
-        pops every seen name from `previous`, leaving the names that are gone."""
+        pops every seen name from `previous` (keyed by byte name), leaving those gone."""
         out = []
         for e in entries:
-            before = previous.pop(e.path.rpartition("/")[2], None)
+            before = previous.pop(os.fsencode(e.path.rpartition("/")[2]), None)
             if self.full or before is None or tuple(before) != e.rec():
                 out.append(e)
         return out, len(entries) - len(out)
 
     def deletions(self, parent: str, gone: dict) -> list:
-        units: list = [DeleteTreeUnit(join_path(parent, name)) for name, rec in gone.items()
-                       if _stat.S_ISDIR(rec[3])]
-        files = [(join_path(parent, name), rec[3]) for name, rec in gone.items() if not _stat.S_ISDIR(rec[3])]
+        named = [(join_path(parent, os.fsdecode(name)), rec[3]) for name, rec in gone.items()]
+        units: list = [DeleteTreeUnit(path) for path, mode in named if _stat.S_ISDIR(mode)]
+        files = [(path, mode) for path, mode in named if not _stat.S_ISDIR(mode)]
         units += [DeleteUnit(files[i:i + 1000]) for i in range(0, len(files), 1000)]
         return units
 

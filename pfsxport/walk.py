@@ -17,7 +17,7 @@ SEEK_HOLE = getattr(os, "SEEK_HOLE", None)
 
 @dataclass(slots=True)
 class ScanResult:
-    entries: list[Entry]
+    items: list[tuple[bytes, os.stat_result]]  # (name, lstat) of each child
     error: OSError | None = None  # the directory itself could not be listed
 
 
@@ -30,22 +30,22 @@ def lstat_entry(fs_root: str, rel: str) -> Entry:
 
 
 def scan_dir(fs_root: str, rel: str, skip: frozenset[str] = frozenset()) -> ScanResult:
-    """lstat every child of fs_root/rel, in name order; children named in `skip` (relative
-    paths, e.g. the state directory) are left out. Children that vanish are left out."""
-    out: list[Entry] = []
+    """lstat every child of fs_root/rel (byte names: no decoding on the hot path of a
+    no-change walk); children named in `skip` (relative paths, e.g. the state directory)
+    and children that vanish meanwhile are left out."""
+    out: list[tuple[bytes, os.stat_result]] = []
     try:
-        with os.scandir(os.path.join(fs_root, rel) if rel else fs_root) as it:
-            items = sorted(it, key=lambda d: d.name)
+        it = os.scandir(os.fsencode(os.path.join(fs_root, rel) if rel else fs_root))
     except OSError as e:
         return ScanResult([], e)
-    for d in items:
-        path = join(rel, d.name)
-        if path in skip:
-            continue
-        try:
-            out.append(Entry.from_stat(path, d.stat(follow_symlinks=False)))
-        except FileNotFoundError:
-            continue
+    with it:
+        for d in it:
+            if skip and join(rel, os.fsdecode(d.name)) in skip:
+                continue
+            try:
+                out.append((d.name, d.stat(follow_symlinks=False)))
+            except FileNotFoundError:
+                continue
     return ScanResult(out)
 
 

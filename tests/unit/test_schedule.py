@@ -342,7 +342,7 @@ def test_root_units_skip_an_unchanged_path_unless_full(full, exported):
     from pfsxport.job import _root_units
 
     f = fentry("a/file", 1)
-    units = _root_units(_transfer(_Dir({"a": {"file": f.rec()}}), full=full), [f])
+    units = _root_units(_transfer(_Dir({"a": {b"file": f.rec()}}), full=full), [f])
     assert [e.path for u in units for e in u.entries] == exported
 
 

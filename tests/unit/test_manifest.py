@@ -1,0 +1,85 @@
+"""The export manifest: delta logs merged into SQLite, lookups per directory, subtrees for
+--delete, the journal of open multipart uploads, and logs cut off by a kill."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from pfsxport.manifest import Manifest
+
+REC = (10, 1, 2, 0o100644, 0, 0, 7)
+DIR = (4096, 1, 2, 0o40755, 0, 0, 8)
+
+
+@pytest.fixture
+def manifest(tmp_path):
+    return Manifest(str(tmp_path / "m"))
+
+
+def test_merged_puts_are_found_per_directory_by_byte_name(manifest):
+    log = manifest.delta_log("task-a", 0)
+    for path, rec in [("a", DIR), ("a/f", REC), ("a/b", DIR), ("a/b/g", REC), ("top", REC),
+                      ("bad-\udcff", REC)]:
+        log.put(path, rec)
+    log.close()
+    assert manifest.merge() == []
+    r = manifest.reader()
+    assert r.directory("a") == {b"f": REC, b"b": DIR}
+    assert r.directory("") == {b"a": DIR, b"top": REC, b"bad-\xff": REC}  # not UTF-8: bytes kept
+    assert r.directory("nowhere") == {}
+    assert not os.listdir(manifest.deltas)  # merged logs are gone
+
+
+def test_subtree_pages_through_everything_below_and_nothing_beside(manifest):
+    log = manifest.delta_log("t", 0)
+    for path in ["d", "d/x", "d/s", "d/s/y", "d/s/z", "d0", "d0/w", "d.b", "d-c", "dd"]:
+        log.put(path, DIR if path in ("d", "d/s", "d0") else REC)
+    log.close()
+    manifest.merge()
+    got = [p for page in manifest.reader().subtree("d", batch=2) for p, _ in page]
+    assert sorted(got) == ["d", "d/s", "d/s/y", "d/s/z", "d/x"]
+    assert len(got) == len(set(got))
+
+
+def test_delete_and_tree_records_forget_entries(manifest):
+    log = manifest.delta_log("t1", 0)
+    for path in ["d", "d/x", "d/s", "d/s/y", "e"]:
+        log.put(path, REC)
+    log.close()
+    manifest.merge()
+    log = manifest.delta_log("t2", 1)
+    log.add("T", "d")
+    log.add("D", "e")
+    log.close()
+    manifest.merge()
+    assert manifest.count() == 0
+
+
+def test_a_log_cut_off_by_a_kill_loses_only_its_last_line(manifest):
+    log = manifest.delta_log("t", 0)
+    log.put("a", REC)
+    log.put("b", REC)
+    log.close()
+    path = os.path.join(manifest.deltas, "t", "rank-0.log")
+    with open(path, "a") as f:
+        f.write('["P","c",10,1')  # killed mid-write
+    manifest.merge()
+    assert set(manifest.reader().directory("")) == {b"a", b"b"}
+
+
+def test_open_uploads_survive_until_ended(manifest):
+    log = manifest.delta_log("t", 0)
+    log.add("U", "up1", "big", "x/big", 100, 1, 2, 7, 5 << 20)
+    log.add("p", "up1", 1, "etag1", "b64", 123, 5 << 20)
+    log.add("U", "up2", "other", "x/other", 100, 1, 2, 8, 5 << 20)
+    log.add("E", "up2")
+    log.close()
+    (up,) = manifest.merge()
+    assert (up.upload_id, up.path, up.key, up.snapshot, up.part_size) == ("up1", "big", "x/big", (100, 1, 2, 7),
+                                                                          5 << 20)
+    assert up.parts == {1: ("etag1", "b64", 123, 5 << 20)}
+    log = manifest.delta_log("t2", 0)
+    log.add("E", "up1")
+    log.close()
+    assert manifest.merge() == []
