@@ -239,6 +239,7 @@ def export(world, cfg: ExportConfig) -> ExitCode:
         writer = ReportWriter(state.task_dir(setup.task_id))
         scheduler = Scheduler(_root_units(transfer, setup.roots), writer.add, world.size,
                               resumable=setup.resumable)
+        scheduler.discovered = sum(1 for e in setup.roots if e.path)  # the task paths' own entries
         monitor = Monitor(cfg, state, rec, scheduler, lock)
         monitor.start()
 
