@@ -289,3 +289,36 @@ def test_task_create_submit_describe_cancel(slurm, seaweed, tmp_path):
     t = describe(task, state)
     assert t["Status"]["TotalCount"] == 56 and t["TaskId"] == task
     assert_bucket_matches_tree(seaweed.client(), bucket, "x/", root, dir_metadata=False, content_types=False)
+
+
+@pytest.mark.timeout(120, func_only=True)
+def test_task_cancel_of_a_running_slurm_task(slurm, seaweed, tmp_path):
+    """Cancel while the job runs: queued files are not started, the task ends CANCELED, the
+    job ends with pfsxport's 'canceled' status (4), and no multipart upload is left open."""
+    root = small_tree(tmp_path / "fs")
+    for i in range(200):
+        with open(os.path.join(root, "a", f"more-{i:03d}"), "w") as f:
+            f.write(f"{i}\n")
+    bucket = seaweed.new_bucket()
+    state = str(tmp_path / "state")
+    env = {**os.environ, **{k: v for k, v in job_env(seaweed, slurm).items() if v is not None},
+           "PFSXPORT_TEST_ENTRY_DELAY": "0.2"}
+    r = subprocess.run([sys.executable, "-m", "pfsxport", "task", "create", *export_args(root, bucket, state),
+                        "--concurrency", "2", "--submit", "--sbatch",
+                        f"--ntasks=2 --time=5 --output={tmp_path}/run-%j.out"],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    task = json.loads(r.stdout)["DataRepositoryTask"]["TaskId"]
+    job = json.load(open(os.path.join(state, "tasks", task + ".json")))["Owner"]["SlurmJobId"]
+    deadline = time.monotonic() + 60
+    while describe(task, state)["Status"]["SucceededCount"] < 5 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert describe(task, state)["Lifecycle"] == "EXECUTING"
+    c = subprocess.run([sys.executable, "-m", "pfsxport", "task", "cancel", task, "--state-dir", state],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert c.returncode == 0 and json.loads(c.stdout)["Lifecycle"] == "CANCELING", c.stderr
+    info = slurm.wait(job, timeout=90)
+    assert info["ExitCode"] == "4:0", explain(slurm, info)
+    t = describe(task, state)
+    assert t["Lifecycle"] == "CANCELED" and t["Status"]["TotalCount"] < 256
+    assert seaweed.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
