@@ -84,6 +84,19 @@ def _slow_tree(root):
     return str(root)
 
 
+def start_slow_export(seaweed, tmp_path, *extra, env=None):
+    """An export under mpiexec -n 2 slowed by the test hook (0.2 s per entry, 0.8 s per part),
+    so that tests can act while it runs. Returns (process, root, bucket, state)."""
+    root = _slow_tree(tmp_path / "fs")
+    bucket = seaweed.new_bucket()
+    state = str(tmp_path / "st")
+    a = args(root, bucket, state, "--part-size", "5MiB", "--multipart-threshold", "5MiB", "--concurrency", "2",
+             *extra)
+    e = {**os.environ, **seaweed.env(), "PFSXPORT_TEST_ENTRY_DELAY": "0.2", **(env or {})}
+    proc = subprocess.Popen(export_cmd(2, a), env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return proc, root, bucket, state
+
+
 def _wait_for(pred, timeout=60):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -95,13 +108,8 @@ def _wait_for(pred, timeout=60):
 
 @pytest.mark.timeout(300)
 def test_cancel_from_another_shell_and_one_task_at_a_time(seaweed, tmp_path):
-    root = _slow_tree(tmp_path / "fs")
-    bucket = seaweed.new_bucket()
-    state = str(tmp_path / "st")
-    env = dict(os.environ, **seaweed.env(), PFSXPORT_TEST_ENTRY_DELAY="0.2")
-    a = args(root, bucket, state, "--part-size", "5MiB", "--multipart-threshold", "5MiB", "--concurrency", "2",
-             "--parts-in-flight", "2", "--progress-interval", "0.5")
-    proc = subprocess.Popen(export_cmd(2, a), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc, root, bucket, state = start_slow_export(seaweed, tmp_path, "--parts-in-flight", "2",
+                                                  "--progress-interval", "0.5")
     try:
         task = proc.stdout.readline().strip()
         assert task.startswith("task-")
@@ -217,12 +225,7 @@ def rank_pids(mark: str) -> dict[int, int]:
 
 @pytest.mark.timeout(300)
 def test_a_rank_killed_mid_export_leaves_nothing_torn_and_the_task_failed(seaweed, tmp_path):
-    root = _slow_tree(tmp_path / "fs")
-    bucket = seaweed.new_bucket()
-    state = str(tmp_path / "st")
-    env = dict(os.environ, **seaweed.env(), PFSXPORT_TEST_ENTRY_DELAY="0.2", PFSXPORT_TEST_MARK="kill-test")
-    a = args(root, bucket, state, "--part-size", "5MiB", "--multipart-threshold", "5MiB", "--concurrency", "2")
-    proc = subprocess.Popen(export_cmd(2, a), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc, root, bucket, state = start_slow_export(seaweed, tmp_path, env={"PFSXPORT_TEST_MARK": "kill-test"})
     try:
         task = proc.stdout.readline().strip()
         assert _wait_for(lambda: describe(task, state)["Status"]["SucceededCount"] >= 20)
