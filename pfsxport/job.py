@@ -109,7 +109,7 @@ def _prepare(cfg: ExportConfig, state: StateDir, nranks: int, store: S3Store) ->
     except StoreError as e:
         return _fail_early(state, rec, f"cannot write to {cfg.repository}: {e}", ExitCode.STORE_UNREACHABLE)
     if not caps.dir_metadata:
-        log.warning("WARN this store keeps no user metadata on keys ending in '/': directory objects will "
+        log.warning("this store keeps no user metadata on keys ending in '/': directory objects will "
                     "lose their file-permissions, owner and times (known for SeaweedFS)")
     log.info("store: checksum %s", "crc32 (verified by the store)" if caps.crc32_verified else
              "crc32 (sent, not verified by the store)" if caps.crc32 else "none accepted")
@@ -321,7 +321,7 @@ def _upload_report(store: S3Store, report: S3Url, task_id: str, paths: dict[str,
                 body = f.read() if os.path.getsize(path) <= 64 << 20 else f
                 store.put_object(base + name, body, None, types[name])
         except StoreError as e:
-            log.error("ERROR S3CompletionReportUploadFailure: could not write %s to s3://%s/%s: %s "
+            log.error("S3CompletionReportUploadFailure: could not write %s to s3://%s/%s: %s "
                       "(a copy is in %s)", name, store.bucket, base + name, e, path)
 
 

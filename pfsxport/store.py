@@ -1,9 +1,11 @@
 """The object store: an S3 client behind one choke point.
 
-Owns boto3/botocore (the only module that imports them). Every request goes through
-`S3Store._call`, which retries throttling, 5xx, resets and timeouts with exponential
-backoff and full jitter (bounded attempts), and translates botocore errors into the
-project's StoreError tree (keeping __cause__). Local: no MPI here.
+Owns botocore (the only module of the data path that imports it; boto3's resource layer is
+not needed). Every request goes through `S3Store._retrying`, which retries throttling,
+5xx, resets and timeouts with exponential backoff and full jitter (bounded attempts) and
+translates errors into the project's StoreError tree (keeping __cause__), whether the
+request went through the botocore client or was signed here (single PUTs, HEADs and
+DELETEs: far less CPU per request). Local: no MPI here.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import time
 import uuid
 import zlib
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import quote
 
 from .config import S3Settings
@@ -224,16 +226,6 @@ class S3Store:
         except NoSuchUpload:
             pass
 
-    def list_multipart_uploads(self, prefix: str = "") -> list[tuple[str, str]]:
-        out = []
-        kw: dict[str, Any] = {"Prefix": prefix}
-        while True:
-            r = self._call("list_multipart_uploads", **kw)
-            out += [(u["Key"], u["UploadId"]) for u in r.get("Uploads", [])]
-            if not r.get("IsTruncated"):
-                return out
-            kw.update(KeyMarker=r["NextKeyMarker"], UploadIdMarker=r["NextUploadIdMarker"])
-
     def copy_object(self, source_key: str, key: str, metadata: dict[str, str], content_type: str) -> None:
         """Server-side copy within the bucket, with this object's own metadata."""
         self._call("copy_object", Key=key, CopySource={"Bucket": self.bucket, "Key": source_key},
@@ -266,24 +258,11 @@ class S3Store:
                 "ETag": r.headers.get("ETag", ""),
                 "Metadata": {k[11:].lower(): v for k, v in r.headers.items() if k.lower().startswith("x-amz-meta-")}}
 
-    def get_object(self, key: str) -> bytes:
-        return self._call("get_object", Key=key)["Body"].read()
-
     def delete_object(self, key: str) -> None:
         if self.fast is not None:
             self._retrying("delete_object", key, lambda: self.fast.request("delete_object", "DELETE", key))
         else:
             self._call("delete_object", Key=key)
-
-    def list_keys(self, prefix: str = "") -> Iterator[tuple[str, int]]:
-        kw: dict[str, Any] = {"Prefix": prefix}
-        while True:
-            r = self._call("list_objects_v2", **kw)
-            for o in r.get("Contents", []):
-                yield o["Key"], o["Size"]
-            if not r.get("IsTruncated"):
-                return
-            kw["ContinuationToken"] = r["NextContinuationToken"]
 
     # ---- probing --------------------------------------------------------------------------
 

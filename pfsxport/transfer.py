@@ -300,7 +300,7 @@ class Transfer:
 
     def _export_entry(self, e: Entry, t0: float):
         if e.kind is EntryKind.SPECIAL:
-            log.warning("WARN skipped special file (%s): %s", _stat.filemode(e.mode), printable(e.path))
+            log.warning("skipped special file (%s): %s", _stat.filemode(e.mode), printable(e.path))
             return self._row(e, RowStatus.SKIPPED, message="special file: not exported")
         key = object_key(self.repo, e)
         bad = key_error(key)
