@@ -279,17 +279,21 @@ class S3Store:
         self.put_object(base, body, None, "application/octet-stream")
         try:
             if want_checksum != "none":
+                self.checksum, saved = True, self.checksum  # send the header whatever was decided
                 try:
-                    self._call("put_object", Key=base, Body=body, ChecksumCRC32=crc32_b64(crc))
-                    crc32 = True
-                except StoreError as e:
-                    if isinstance(e, (AccessDenied, StoreUnreachable)) or want_checksum == "crc32":
-                        raise
-                if crc32:
                     try:
-                        self._call("put_object", Key=base, Body=body, ChecksumCRC32=crc32_b64(crc ^ 1))
+                        self.put_object(base, body, None, "application/octet-stream", crc)
+                        crc32 = True
                     except StoreError as e:
-                        crc32_verified = e.status == 400
+                        if isinstance(e, (AccessDenied, StoreUnreachable)) or want_checksum == "crc32":
+                            raise
+                    if crc32:
+                        try:
+                            self.put_object(base, body, None, "application/octet-stream", crc ^ 1)
+                        except StoreError as e:
+                            crc32_verified = e.status == 400
+                finally:
+                    self.checksum = saved
             meta = {"pfsxport-probe": "1"}
             self.put_object(base + "-dir/", b"", meta, "application/x-directory")
             try:
