@@ -204,7 +204,7 @@ class Monitor(threading.Thread):
         else:
             eta = f", ETA {_hms(max(p.discovered - done, 0) / rate) if rate else '?'}"
         line = (f"{done}/{p.discovered or '?'} entries, {p.unchanged} unchanged, {p.counts.failed} failed, "
-                f"{p.bytes_sent / 1e6:.1f} MB sent, {rate:.0f} files/s, {mbs:.1f} MB/s{eta}")
+                f"{p.bytes_sent / 1e6:.1f} MB sent, {rate:.0f} entries/s, {mbs:.1f} MB/s{eta}")
         if self.mode == "bar" and not final:
             sys.stderr.write("\r\x1b[K" + line)
             sys.stderr.flush()
