@@ -100,6 +100,32 @@ def _parser() -> argparse.ArgumentParser:
         else:
             c.add_argument("task_id", metavar="TASK_ID")
 
+    a = sub.add_parser("dra", help="data repository associations (FSx DRAs)")
+    asub = a.add_subparsers(dest="dra_command", required=True)
+    for name, helptext in (("create", "link a file-system path to an S3 prefix"),
+                           ("describe", "print associations as FSx DescribeDataRepositoryAssociations JSON"),
+                           ("update", "change an association's auto-export policy (its paths are fixed)"),
+                           ("delete", "remove an association (its objects in S3 stay)")):
+        c = asub.add_parser(name, help=helptext)
+        c.add_argument("--config")
+        c.add_argument("--fs-root", help="the file-system mount the association's path lies in")
+        c.add_argument("--state-dir")
+        c.add_argument("--file-system-id")
+        if name == "create":
+            c.add_argument("--file-system-path", required=True, help="absolute inside the file system, e.g. /results")
+            c.add_argument("--data-repository-path", required=True, help="s3://BUCKET/PREFIX/")
+            c.add_argument("--endpoint-url")
+            c.add_argument("--profile")
+            c.add_argument("--region")
+            c.add_argument("--addressing-style", choices=["auto", "path", "virtual"])
+        if name in ("create", "update"):
+            c.add_argument("--events", default=None, help="auto-export events: a comma list of NEW, CHANGED, "
+                           "DELETED (empty: auto-export off)")
+        if name in ("update", "delete"):
+            c.add_argument("association_id", metavar="ASSOCIATION_ID")
+        if name == "describe":
+            c.add_argument("association_ids", nargs="*", metavar="ASSOCIATION_ID")
+
     d = sub.add_parser("demo", help="start a local SeaweedFS, export a sample tree with mpiexec, show the result")
     d.add_argument("--ranks", type=int, default=2)
     d.add_argument("--workdir", help="keep the sample tree, state and server data here")
@@ -181,6 +207,78 @@ def _create(args, state) -> int:
     return 0
 
 
+def _dra(args) -> int:
+    """`pfsxport dra ...`: association records in the state directory, per file system."""
+    from .config import file_system_id_for
+    from .dra import Association, AssociationLifecycle, new_association_id, normalize_events, validate_new
+    from .state import StateDir
+
+    state = StateDir(_state_dir(args))
+    root = args.fs_root or (load_yaml(args.config).get("fs_root") if args.config else None)
+    fsid = args.file_system_id or (file_system_id_for(os.path.abspath(root)) if root else None)
+    if not fsid:
+        raise ConfigError("give --fs-root (or --file-system-id, or a --config with fs_root)")
+    events = None if getattr(args, "events", None) is None else [e for e in args.events.split(",") if e]
+    if args.dra_command == "describe":
+        assocs = [a for a in state.associations(fsid) if not args.association_ids
+                  or a.association_id in args.association_ids]
+        missing = set(args.association_ids) - {a.association_id for a in assocs}
+        if missing:
+            raise TaskError("DataRepositoryAssociationNotFound", ", ".join(sorted(missing)))
+        print(json.dumps({"Associations": [a.to_fsx() for a in assocs]}, indent=4))
+        return 0
+    if args.dra_command == "create":
+        if not root:
+            raise ConfigError("dra create needs --fs-root (or a --config with fs_root)")
+        with state.editing_associations(fsid) as assocs:
+            fs_path, repo, evs = validate_new(assocs, args.file_system_path, args.data_repository_path,
+                                              events or [])
+            if not os.path.isdir(os.path.join(root, fs_path.lstrip("/"))):
+                raise ConfigError(f"FileSystemPath {fs_path} is not a directory under {root}")
+            new = Association(new_association_id(), fsid, fs_path, repo, evs)
+            assocs.append(new)
+        _check_repository(args, root, new)
+        with state.editing_associations(fsid) as assocs:
+            for i, a in enumerate(assocs):
+                if a.association_id == new.association_id:
+                    assocs[i] = new
+        print(json.dumps({"Association": new.to_fsx()}, indent=4))
+        return 0
+    with state.editing_associations(fsid) as assocs:
+        found = [a for a in assocs if a.association_id == args.association_id]
+        if not found:
+            raise TaskError("DataRepositoryAssociationNotFound", args.association_id)
+        a = found[0]
+        if args.dra_command == "update":
+            a.events = normalize_events(events if events is not None else a.events)
+        else:
+            assocs.remove(a)
+            a.lifecycle = AssociationLifecycle.DELETING
+    print(json.dumps({"Association": a.to_fsx()} if args.dra_command == "update" else
+                     {"AssociationId": a.association_id, "Lifecycle": "DELETING"}, indent=4))
+    return 0
+
+
+def _check_repository(args, root: str, assoc) -> None:
+    """CREATING -> AVAILABLE when the bucket is reachable and writable (a marker object is
+    written and removed), else MISCONFIGURED with the reason."""
+    from .dra import AssociationLifecycle
+    from .errors import StoreError
+    from .metadata import parse_s3_url
+    from .store import S3Store
+
+    cli = {"fs_root": root, "repository": assoc.data_repository_path, "s3.endpoint_url": args.endpoint_url,
+           "s3.profile": args.profile, "s3.region": args.region, "s3.addressing_style": args.addressing_style}
+    cfg = load(args.config, cli)
+    url = parse_s3_url(assoc.data_repository_path)
+    try:
+        S3Store(url.bucket, cfg.s3).probe(url.prefix, "none")
+        assoc.lifecycle = AssociationLifecycle.AVAILABLE
+    except StoreError as e:
+        assoc.lifecycle = AssociationLifecycle.MISCONFIGURED
+        assoc.failure_message = f"the data repository cannot be written: {e}"[:256]
+
+
 def _task(args) -> int:
     from .state import StateDir, matches
 
@@ -242,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
         _setup_logging()
         if args.command == "task":
             return _task(args)
+        if args.command == "dra":
+            return _dra(args)
         if args.command == "demo":
             from .demo import demo
 

@@ -253,6 +253,33 @@ class StateDir:
             self.write(rec)
             return rec
 
+    # ---- data repository associations ------------------------------------------------
+
+    def associations_path(self, file_system_id: str) -> str:
+        return os.path.join(self.root, "associations", file_system_id + ".json")
+
+    def associations(self, file_system_id: str) -> list:
+        from .dra import Association
+
+        try:
+            with open(self.associations_path(file_system_id), encoding="utf-8") as f:
+                return [Association.from_fsx(d) for d in json.load(f)]
+        except FileNotFoundError:
+            return []
+
+    def save_associations(self, file_system_id: str, assocs: list) -> None:
+        os.makedirs(os.path.dirname(self.associations_path(file_system_id)), exist_ok=True)
+        _write_atomic(self.associations_path(file_system_id),
+                      json.dumps([a.to_fsx() for a in assocs], indent=1).encode())
+
+    @contextmanager
+    def editing_associations(self, file_system_id: str) -> Iterator[list]:
+        """Read, change and write a file system's associations under the state lock."""
+        with self._lock():
+            assocs = self.associations(file_system_id)
+            yield assocs
+            self.save_associations(file_system_id, assocs)
+
     def cancel_requested(self, task_id: str) -> bool:
         return os.path.exists(self.cancel_path(task_id))
 
