@@ -223,12 +223,7 @@ def run_pfsxport(ctx, n_ranks: int, root: str, bucket: str, state: str, tag: str
     env = dict(os.environ, **ctx.s3.env(), BENCH_RSS_DIR=rssdir)
     base = os.path.join(ctx.logdir, tag)
     res = measured(cmd, env, base, ctx.args.timeout, ctx.s3.proc.pid)
-    per_rank = []
-    for r in range(n_ranks):
-        p = os.path.join(rssdir, f"rank-{r}.json")
-        if os.path.exists(p):
-            with open(p) as f:
-                per_rank.append(json.load(f))
+    per_rank = benchrun.read_rank_files(rssdir, n_ranks)
     shutil.rmtree(rssdir, ignore_errors=True)
     res["ranks_detail"] = per_rank
     res["ranks_cpu_s"] = sum(r["utime"] + r["stime"] for r in per_rank) if len(per_rank) == n_ranks else None
@@ -399,7 +394,7 @@ def summarize_pyspy(raw_path: str, rate: int, top: int = 25) -> dict:
 def summarize_cprofile(path: str, top: int = 25) -> list:
     st = pstats.Stats(path)
     rows = []
-    for (fname, line, func), (cc, nc, tt, ct, _callers) in st.stats.items():
+    for (fname, line, func), (_cc, nc, tt, ct, _callers) in st.stats.items():
         rows.append((f"{func} ({_short_path(fname)}:{line})", nc, round(tt, 3), round(ct, 3)))
     rows.sort(key=lambda r: -r[3])
     return rows[:top]
@@ -471,12 +466,7 @@ def phases(ctx, root: str, bucket: str, state: str, ranks_list: list[int], tag: 
             settle(ctx, root)
             res = measured(cmd, env, os.path.join(ctx.logdir, f"phases-{tag}-n{r}-r{rep}"), ctx.args.timeout,
                            ctx.s3.proc.pid)
-            ranks = []
-            for i in range(r):
-                pth = os.path.join(pdir, f"rank-{i}.json")
-                if os.path.exists(pth):
-                    with open(pth) as f:
-                        ranks.append(json.load(f))
+            ranks = benchrun.read_rank_files(pdir, r)
             shutil.rmtree(pdir, ignore_errors=True)
             if res["rc"] == 0 and len(ranks) == r:
                 for x in ranks:

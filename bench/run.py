@@ -177,6 +177,17 @@ def wait_idle(pid: int, max_wait: float = 30.0, window: float = 1.0, threshold: 
     return time.monotonic() - t0
 
 
+def read_rank_files(directory: str, ranks: int) -> list[dict]:
+    """The rank-N.json files the per-rank wrappers wrote (those present), in rank order."""
+    out = []
+    for r in range(ranks):
+        path = os.path.join(directory, f"rank-{r}.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                out.append(json.load(f))
+    return out
+
+
 def run_measured(cmd: list[str], env: dict, stdout_path: str, stderr_path: str, timeout: float,
                  server_pid: int) -> dict:
     """Run cmd (own session), wait for it with os.wait4; wall, client tree CPU and server CPU."""
@@ -341,12 +352,7 @@ def run_pfsxport(ctx, ds: str, ranks: int, bucket: str, logdir: str) -> dict:
     env = dict(os.environ, **ctx.s3.env(), BENCH_RSS_DIR=rssdir)
     base = os.path.join(logdir, bucket)
     res = run_measured(cmd, env, base + ".stdout", base + ".stderr", ctx.args.timeout, ctx.s3.proc.pid)
-    per_rank = []
-    for r in range(ranks):
-        p = os.path.join(rssdir, f"rank-{r}.json")
-        if os.path.exists(p):
-            with open(p) as f:
-                per_rank.append(json.load(f))
+    per_rank = read_rank_files(rssdir, ranks)
     res["ranks_detail"] = per_rank
     res["ranks_cpu_s"] = sum(r["utime"] + r["stime"] for r in per_rank) if len(per_rank) == ranks else None
     res["peak_rss_mib"] = max((r["maxrss_kib"] / KiB for r in per_rank), default=None)
