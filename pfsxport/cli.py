@@ -1,4 +1,5 @@
-"""Command line: `pfsxport export`, `pfsxport task describe|cancel`, `pfsxport demo`.
+"""Command line: `pfsxport export`, `task create|describe|cancel`, `dra create|describe|update|delete`,
+`auto-export`, `demo`.
 
 Exit codes are ExitCode (see the README). Under mpiexec/srun every rank runs `export`;
 only rank 0 prints the task id, progress and errors.
@@ -42,7 +43,8 @@ def _setup_logging(rank: int = 0) -> None:
 def _export_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config file (see configs/); command-line options win")
     p.add_argument("--fs-root", help="the file-system mount (or tree) that task paths are relative to")
-    p.add_argument("--repository", help="s3://BUCKET/PREFIX/ that the tree maps to")
+    p.add_argument("--repository", help="s3://BUCKET/PREFIX/ that the tree maps to (default: map paths through "
+                   "the file system's data repository associations)")
     p.add_argument("--report-path", help="s3://BUCKET/PREFIX for {TaskId}/failures.csv "
                    "(default: s3://BUCKET/pfsxport-reports)")
     p.add_argument("--state-dir", help="task records and reports (default: $PFSXPORT_STATE_DIR or ~/.pfsxport)")
@@ -126,6 +128,31 @@ def _parser() -> argparse.ArgumentParser:
         if name == "describe":
             c.add_argument("association_ids", nargs="*", metavar="ASSOCIATION_ID")
 
+    x = sub.add_parser("auto-export", help="run the auto-export service of a file system's associations "
+                       "(long-running; stop it with SIGTERM)")
+    x.add_argument("--config", help="YAML config file (fs_root, state_dir, s3.*, transfer.*, auto_export.*)")
+    x.add_argument("--fs-root", help="the file-system mount the associations' paths lie in")
+    x.add_argument("--state-dir")
+    x.add_argument("--file-system-id")
+    x.add_argument("--endpoint-url")
+    x.add_argument("--region")
+    x.add_argument("--profile")
+    x.add_argument("--addressing-style", choices=["auto", "path", "virtual"])
+    x.add_argument("--checksum", choices=["auto", "crc32", "none"])
+    x.add_argument("--concurrency", help="requests in flight (default 32)")
+    x.add_argument("--lfs", help="path of `lfs`, 'auto' (PATH) or 'off'")
+    x.add_argument("--source", choices=["auto", "inotify", "changelog", "poll"],
+                   help="event source (default auto: the Lustre changelog when --changelog-mdt is given, else inotify)")
+    x.add_argument("--changelog-mdt", help="MDT whose changelog to read, e.g. testfs-MDT0000")
+    x.add_argument("--changelog-user", help="registered changelog user, e.g. cl1")
+    x.add_argument("--debounce", help="seconds changes gather before a batch goes (default 0.5)")
+    x.add_argument("--rescan-interval", help="seconds between full rescans against the manifest (default 600; 0: never)")
+    x.add_argument("--recheck-interval", help="seconds between probes of a MISCONFIGURED repository (default 30)")
+    x.add_argument("--hold-timeout", help="a file being written is held until no write was seen for this long "
+                   "(default 60)")
+    x.add_argument("--log-level", choices=["DISABLED", "WARN_ONLY", "ERROR_ONLY", "WARN_ERROR"],
+                   help="event log level (default WARN_ERROR)")
+
     d = sub.add_parser("demo", help="start a local SeaweedFS, export a sample tree with mpiexec, show the result")
     d.add_argument("--ranks", type=int, default=2)
     d.add_argument("--workdir", help="keep the sample tree, state and server data here")
@@ -175,11 +202,12 @@ def _export_argv(args) -> list[str]:
 def _create(args, state) -> int:
     """`task create`: record a PENDING task (FSx CreateDataRepositoryTask); with --submit,
     submit `pfsxport export --task-id` as a Slurm job."""
-    from .job import new_record
+    from .job import check_repository, new_record
 
     cli = {key: getattr(args, flag) for flag, key in EXPORT_FLAGS.items()}
     cli["paths"] = args.paths or None
-    cfg = load(args.config, cli)
+    cfg = load(args.config, cli, need_repository=False)
+    check_repository(cfg)
     rec = new_record(cfg)
     argv = _export_argv(args)
     if not args.state_dir:
@@ -315,7 +343,10 @@ def _export(args) -> int:
             os.chdir(request.get("Cwd") or os.getcwd())
         cli = {key: getattr(args, flag) for flag, key in EXPORT_FLAGS.items()}
         cli["paths"] = args.paths or None
-        cfg = load(args.config, cli)
+        cfg = load(args.config, cli, need_repository=False)
+        from .job import check_repository
+
+        check_repository(cfg)
         cfg.task_id = task_id or ""
     except PfsxError as e:
         if world.rank == 0:
@@ -332,6 +363,25 @@ def _export(args) -> int:
         return ExitCode.INTERNAL
 
 
+AUTO_EXPORT_FLAGS = {
+    "fs_root": "fs_root", "state_dir": "state_dir", "file_system_id": "file_system_id",
+    "endpoint_url": "s3.endpoint_url", "region": "s3.region", "profile": "s3.profile",
+    "addressing_style": "s3.addressing_style", "checksum": "s3.checksum", "concurrency": "transfer.concurrency",
+    "lfs": "transfer.lfs", "source": "auto_export.source", "changelog_mdt": "auto_export.changelog_mdt",
+    "changelog_user": "auto_export.changelog_user", "debounce": "auto_export.debounce",
+    "rescan_interval": "auto_export.rescan_interval", "recheck_interval": "auto_export.recheck_interval",
+    "hold_timeout": "auto_export.hold_timeout", "log_level": "event_log.level",
+}
+
+
+def _auto_export(args) -> int:
+    from .autoexport import serve
+
+    cfg = load(args.config, {key: getattr(args, flag) for flag, key in AUTO_EXPORT_FLAGS.items()},
+               need_repository=False)
+    return serve(cfg)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -342,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
             return _task(args)
         if args.command == "dra":
             return _dra(args)
+        if args.command == "auto-export":
+            return _auto_export(args)
         if args.command == "demo":
             from .demo import demo
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .errors import ConfigError
+from .eventlog import LogLevel
 from .metadata import S3Url, parse_s3_url
 from .plan import S3_MAX_OBJECT, S3_MAX_PART, S3_MAX_PUT, S3_MIN_PART, MiB, parse_size
 
@@ -45,10 +46,24 @@ class TransferSettings:
 
 
 @dataclass(slots=True)
+class AutoExportSettings:
+    source: str = "auto"  # auto (changelog when an MDT is given, else inotify), inotify, changelog, poll
+    debounce: float = 0.5  # seconds changes gather before a batch goes
+    rescan_interval: float = 600.0  # full rescan against the manifest (0 = only at start and on overflow)
+    rescan_on_start: bool = True
+    recheck_interval: float = 30.0  # how often a MISCONFIGURED repository is probed again
+    hold_timeout: float = 60.0  # a file modified but not closed is held until no write was seen for this long
+    reload_interval: float = 1.0  # how often association records are re-read
+    changelog_mdt: str = ""
+    changelog_user: str = ""
+    changelog_batch: int = 10000
+
+
+@dataclass(slots=True)
 class ExportConfig:
     fs_root: str
-    repository: S3Url
-    report_path: S3Url
+    repository: S3Url | None  # None for auto-export, which takes its repositories from associations
+    report_path: S3Url | None
     state_dir: str
     paths: list[str] = field(default_factory=list)
     file_system_id: str = ""
@@ -60,6 +75,8 @@ class ExportConfig:
     progress: str = "auto"
     progress_interval: float = 10.0
     status_interval: float = 2.0
+    auto_export: AutoExportSettings = field(default_factory=AutoExportSettings)
+    event_log_level: LogLevel = LogLevel.WARN_ERROR
 
 
 # ---- value parsers: each raises ValueError with a human message --------------------------
@@ -175,8 +192,19 @@ SCHEMA: dict[str, Callable[[Any], Any]] = {
     "progress.mode": _choice("auto", "bar", "log", "off"),
     "progress.interval": _float(0.1),
     "progress.status_interval": _float(0.1),
+    "auto_export.source": _choice("auto", "inotify", "changelog", "poll"),
+    "auto_export.debounce": _float(0.0),
+    "auto_export.rescan_interval": _float(0.0),
+    "auto_export.rescan_on_start": _bool,
+    "auto_export.recheck_interval": _float(0.1),
+    "auto_export.hold_timeout": _float(0.0),
+    "auto_export.reload_interval": _float(0.1),
+    "auto_export.changelog_mdt": _str,
+    "auto_export.changelog_user": _str,
+    "auto_export.changelog_batch": _int(1, 1_000_000),
+    "event_log.level": lambda v: LogLevel(_choice(*(x.value for x in LogLevel))(v)),
 }
-SECTIONS = {"s3", "transfer", "progress"}
+SECTIONS = {"s3", "transfer", "progress", "auto_export", "event_log"}
 
 
 def default_state_dir() -> str:
@@ -216,8 +244,10 @@ def load_yaml(path: str) -> dict[str, Any]:
     return flat
 
 
-def resolve(file_values: dict[str, Any], cli_values: dict[str, Any], config_path: str | None) -> ExportConfig:
-    """Merge (command line wins), validate each value, and build the config."""
+def resolve(file_values: dict[str, Any], cli_values: dict[str, Any], config_path: str | None,
+            need_repository: bool = True) -> ExportConfig:
+    """Merge (command line wins), validate each value, and build the config. Auto-export
+    needs no repository (its associations name theirs)."""
     origin: dict[str, str] = {}
     merged: dict[str, Any] = {}
     for source, raw in ((config_path or "the config", file_values), ("the command line", cli_values)):
@@ -246,9 +276,11 @@ def resolve(file_values: dict[str, Any], cli_values: dict[str, Any], config_path
     fs_root = need("fs_root")
     if not os.path.isdir(fs_root):
         raise ConfigError(f"key 'fs_root' in {origin['fs_root']}: {fs_root} is not a directory")
-    need("repository")
-    repo = url("repository", True)
-    report = url("report_path", False) if "report_path" in values else S3Url(repo.bucket, "pfsxport-reports")
+    if need_repository:
+        need("repository")
+    repo = url("repository", True) if "repository" in values else None
+    report = url("report_path", False) if "report_path" in values else \
+        S3Url(repo.bucket, "pfsxport-reports") if repo else None
     s3 = S3Settings(**{k[3:]: v for k, v in values.items() if k.startswith("s3.")})
     transfer = TransferSettings(**{k[9:]: v for k, v in values.items() if k.startswith("transfer.")})
     if transfer.multipart_threshold < transfer.part_size:
@@ -268,6 +300,8 @@ def resolve(file_values: dict[str, Any], cli_values: dict[str, Any], config_path
         progress=values.get("progress.mode", "auto"),
         progress_interval=values.get("progress.interval", 10.0),
         status_interval=values.get("progress.status_interval", 2.0),
+        auto_export=AutoExportSettings(**{k[12:]: v for k, v in values.items() if k.startswith("auto_export.")}),
+        event_log_level=values.get("event_log.level", LogLevel.WARN_ERROR),
     )
 
 
@@ -277,5 +311,5 @@ def file_system_id_for(fs_root: str) -> str:
     return "fs-" + digest[:17]
 
 
-def load(config_path: str | None, cli_values: dict[str, Any]) -> ExportConfig:
-    return resolve(load_yaml(config_path) if config_path else {}, cli_values, config_path)
+def load(config_path: str | None, cli_values: dict[str, Any], need_repository: bool = True) -> ExportConfig:
+    return resolve(load_yaml(config_path) if config_path else {}, cli_values, config_path, need_repository)

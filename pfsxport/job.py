@@ -11,20 +11,22 @@ import os
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .config import ExportConfig
-from .errors import ExitCode, InputError, StoreError, TaskError
+from .dra import Association, AssociationLifecycle
+from .errors import ConfigError, ExitCode, InputError, StoreError, TaskError
+from .eventlog import NOT_IN_DRA, EventLog, export_message, log_path
 from .lifecycle import TaskLifecycle, end_state
 from .lustre import LayoutSource
 from .manifest import Manifest, manifest_dir
-from .metadata import S3Url
-from .model import DirUnit, Entry, EntryKind
+from .metadata import S3Url, parse_s3_url, printable
+from .model import DirUnit, Entry, EntryKind, ReportRow, RowStatus
 from .report import FAILURES, REPORT_CSV, REPORT_H5, ReportWriter
 from .schedule import STOP, Scheduler
-from .state import StateDir, TaskRecord, new_task_id
+from .state import FileLock, StateDir, TaskRecord, new_task_id
 from .store import Capabilities, S3Store
-from .transfer import Transfer, TransferOptions
+from .transfer import TASK_EVENTS, Transfer, TransferOptions
 from .walk import lstat_entry
 from .worker import Worker
 
@@ -32,12 +34,23 @@ log = logging.getLogger("pfsxport")
 
 
 @dataclass
+class Leg:
+    """One repository a task exports to: the tree under `fs_root` to `repository`. A task
+    given --repository has one leg; a task mapped through associations, one per association."""
+
+    fs_root: str
+    repository: S3Url
+    roots: list[Entry]
+    prefix: str = ""  # fs_root relative to the task's fs_root: report rows are relative to the latter
+    caps: Capabilities | None = None
+    resumable: dict = field(default_factory=dict)  # path -> manifest.OpenUpload a dead job left open
+
+
+@dataclass
 class Setup:
     task_id: str
-    caps: Capabilities
-    roots: list[Entry]
-    skip: frozenset[str]
-    resumable: dict  # path -> manifest.OpenUpload that a dead job left open
+    legs: list[Leg]
+    outside: list[ReportRow]  # entries under no association (S3ExportLocalObjectNotMatchDra)
 
 
 @dataclass
@@ -63,15 +76,100 @@ def task_paths(fs_root: str, paths: list[str]) -> list[str]:
     return [p for p in out if not any(q == "" or p.startswith(q + "/") for q in out if q != p)]
 
 
-def _skip_set(cfg: ExportConfig) -> frozenset[str]:
+def _skip_set(cfg: ExportConfig, fs_root: str) -> frozenset[str]:
     """The state directory is never exported when it lies inside the tree."""
-    rel = os.path.relpath(os.path.realpath(cfg.state_dir), os.path.realpath(cfg.fs_root))
+    rel = os.path.relpath(os.path.realpath(cfg.state_dir), os.path.realpath(fs_root))
     return frozenset() if rel.startswith("..") or rel == "." else frozenset({rel})
 
 
-def _prepare(cfg: ExportConfig, state: StateDir, nranks: int, store: S3Store) -> Setup | Stop:
-    """Rank 0: record the task, check the paths and the store. Nothing is uploaded here
-    except the probe objects, which are removed."""
+def linked(state: StateDir, cfg: ExportConfig) -> list[Association]:
+    """The associations a task without --repository exports through."""
+    usable = (AssociationLifecycle.AVAILABLE, AssociationLifecycle.UPDATING, AssociationLifecycle.MISCONFIGURED)
+    return [a for a in state.associations(cfg.file_system_id) if a.lifecycle in usable]
+
+
+def check_repository(cfg: ExportConfig) -> None:
+    """Before a task is recorded: it needs --repository or associations to map through;
+    the report goes to the first association's bucket unless --report-path says otherwise."""
+    if cfg.repository is not None:
+        return
+    assocs = linked(StateDir(cfg.state_dir), cfg)
+    if not assocs:
+        raise ConfigError("missing required key 'repository' (give --repository or set it in a --config file; "
+                          f"or link paths of file system {cfg.file_system_id} with `pfsxport dra create`)")
+    if cfg.report_path is None:
+        cfg.report_path = S3Url(parse_s3_url(assocs[0].data_repository_path).bucket, "pfsxport-reports")
+
+
+def _outside(fs_root: str, top: str, linked_roots: list[str]) -> list[str]:
+    """Entries under task path `top` that lie under no association root: whole subtrees,
+    named by their topmost path (the walk goes down only toward association roots)."""
+    below = [r for r in linked_roots if not top or r.startswith(top + "/")]
+    if not below:
+        return [top] if top else []
+    out = []
+    try:
+        names = sorted(os.listdir(os.path.join(fs_root, top) if top else fs_root))
+    except OSError:
+        return []
+    for name in names:
+        child = f"{top}/{name}" if top else name
+        if child in below:
+            continue
+        if any(r.startswith(child + "/") for r in below):
+            out += _outside(fs_root, child, below)
+        else:
+            out.append(child)
+    return out
+
+
+def _plan_legs(cfg: ExportConfig, state: StateDir, rels: list[str]) -> tuple[list[tuple[str, S3Url, list[str], str]],
+                                                                               list[str]]:
+    """[(fs_root, repository, task paths under it, prefix)] and the entries outside every
+    association (FSx: "local file does not belong to a data repository linked path")."""
+    if cfg.repository is not None:
+        return [(cfg.fs_root, cfg.repository, rels, "")], []
+    legs: list[tuple[str, S3Url, list[str], str]] = []
+    roots = {a.file_system_path.strip("/"): a for a in linked(state, cfg)}
+    for r, a in sorted(roots.items()):
+        paths = []
+        for p in rels:
+            if not r or p == r or p.startswith(r + "/"):
+                paths.append(p[len(r):].lstrip("/") if r else p)
+            elif not p or r.startswith(p + "/"):
+                paths.append("")
+        if paths:
+            leg_root = os.path.join(cfg.fs_root, r) if r else cfg.fs_root
+            if not os.path.isdir(leg_root):
+                raise InputError(f"FileSystemPath {a.file_system_path} of {a.association_id} is not a directory")
+            legs.append((leg_root, parse_s3_url(a.data_repository_path), task_paths(leg_root, paths), r))
+    outside = []
+    for p in rels:
+        if not any(not r or p == r or p.startswith(r + "/") for r in roots):
+            outside += _outside(cfg.fs_root, p, list(roots))
+    return legs, outside
+
+
+def _outside_rows(cfg: ExportConfig, task_id: str, paths: list[str]) -> list[ReportRow]:
+    events = EventLog(log_path(cfg.state_dir, cfg.file_system_id), cfg.event_log_level, cfg.file_system_id)
+    rows = []
+    for p in paths:
+        try:
+            e = lstat_entry(cfg.fs_root, p)
+        except OSError:
+            continue
+        rows.append(ReportRow(p, e.kind.value, e.size, RowStatus.SKIPPED,
+                              message="not under the FileSystemPath of any data repository association"))
+        events.event("WARN", NOT_IN_DRA, export_message(NOT_IN_DRA, "", ""), taskId=task_id, path=p)
+    if rows:
+        log.warning("%s: %d entr%s under no data repository association skipped (e.g. %s)", NOT_IN_DRA, len(rows),
+                    "y" if len(rows) == 1 else "ies", printable(rows[0].path))
+    return rows
+
+
+def _prepare(cfg: ExportConfig, state: StateDir, nranks: int, fs_lock: FileLock) -> Setup | Stop:
+    """Rank 0: record the task, take the file system from auto-export, check the paths and
+    each repository. Nothing is uploaded here except the probe objects, which are removed."""
     try:
         if cfg.task_id:
             rec = state.adopt(cfg.task_id, nranks)
@@ -82,47 +180,58 @@ def _prepare(cfg: ExportConfig, state: StateDir, nranks: int, store: S3Store) ->
         log.error("%s", e)
         return Stop(e.exit_code)
     print(rec.task_id, flush=True)
-    log.info("task %s on %s: %s -> %s with %d rank(s)", rec.task_id, cfg.file_system_id, cfg.fs_root,
-             cfg.repository, nranks)
+    if not fs_lock.acquire(wait=False):  # auto-export is in the middle of a batch (E-18)
+        log.info("waiting for auto-export to finish its current batch on %s", cfg.file_system_id)
+        fs_lock.acquire(wait=True)
     try:
         rels = task_paths(cfg.fs_root, cfg.paths)
-        roots = []
         for rel in rels:
             try:
-                roots.append(lstat_entry(cfg.fs_root, rel))
+                lstat_entry(cfg.fs_root, rel)
             except FileNotFoundError:
                 raise InputError(f"path {rel!r} does not exist under {cfg.fs_root}") from None
             except OSError as e:
                 raise InputError(f"path {rel!r} cannot be read: {e.strerror}") from None
+        planned, outside = _plan_legs(cfg, state, rels)
+        legs = [Leg(root, repo, [lstat_entry(root, p) for p in paths], prefix) for root, repo, paths, prefix in planned]
     except InputError as e:
         return _fail_early(state, rec, str(e), ExitCode.BAD_INPUT)
     rec.move(TaskLifecycle.EXECUTING)
     rec.start_time = time.time()
     state.write(rec)
-    # What a job that died made durable goes into the manifest before anything is decided.
-    open_uploads = _manifest(cfg).merge()
-    if open_uploads:
-        log.info("found %d multipart upload(s) left open by an earlier job: their parts are reused where "
-                 "the file is unchanged, else they are aborted", len(open_uploads))
-    try:
-        caps = store.probe(cfg.repository.prefix, cfg.s3.checksum)
-    except StoreError as e:
-        return _fail_early(state, rec, f"cannot write to {cfg.repository}: {e}", ExitCode.STORE_UNREACHABLE)
-    if not caps.dir_metadata:
-        log.warning("this store keeps no user metadata on keys ending in '/': directory objects will "
-                    "lose their file-permissions, owner and times (known for SeaweedFS)")
-    log.info("store: checksum %s", "crc32 (verified by the store)" if caps.crc32_verified else
-             "crc32 (sent, not verified by the store)" if caps.crc32 else "none accepted")
-    return Setup(rec.task_id, caps, roots, _skip_set(cfg), {u.path: u for u in open_uploads})
+    for leg in legs:
+        log.info("task %s on %s: %s -> %s with %d rank(s)", rec.task_id, cfg.file_system_id, leg.fs_root,
+                 leg.repository, nranks)
+        # What a job that died made durable goes into the manifest before anything is decided.
+        open_uploads = _manifest(cfg, leg.repository).merge()
+        if open_uploads:
+            log.info("found %d multipart upload(s) left open by an earlier job: their parts are reused where "
+                     "the file is unchanged, else they are aborted", len(open_uploads))
+        leg.resumable = {u.path: u for u in open_uploads}
+        try:
+            leg.caps = _store(cfg, leg.repository).probe(leg.repository.prefix, cfg.s3.checksum)
+        except StoreError as e:
+            return _fail_early(state, rec, f"cannot write to {leg.repository}: {e}", ExitCode.STORE_UNREACHABLE)
+        if not leg.caps.dir_metadata:
+            log.warning("this store keeps no user metadata on keys ending in '/': directory objects will "
+                        "lose their file-permissions, owner and times (known for SeaweedFS)")
+        log.info("store: checksum %s", "crc32 (verified by the store)" if leg.caps.crc32_verified else
+                 "crc32 (sent, not verified by the store)" if leg.caps.crc32 else "none accepted")
+    return Setup(rec.task_id, legs, _outside_rows(cfg, rec.task_id, outside))
 
 
-def _manifest(cfg: ExportConfig) -> Manifest:
-    return Manifest(manifest_dir(cfg.state_dir, cfg.file_system_id, str(cfg.repository)))
+def _store(cfg: ExportConfig, url: S3Url) -> S3Store:
+    t = cfg.transfer
+    return S3Store(url.bucket, cfg.s3, pool=t.concurrency + t.parts_in_flight + 4)
+
+
+def _manifest(cfg: ExportConfig, repository: S3Url) -> Manifest:
+    return Manifest(manifest_dir(cfg.state_dir, cfg.file_system_id, str(repository)))
 
 
 def new_record(cfg: ExportConfig, nranks: int = 1) -> TaskRecord:
     return TaskRecord(new_task_id(), cfg.file_system_id, list(cfg.paths), f"{cfg.report_path}",
-                      str(cfg.repository), ranks=nranks)
+                      str(cfg.repository) if cfg.repository else "", ranks=nranks)
 
 
 def _fail_early(state: StateDir, rec: TaskRecord, message: str, code: ExitCode) -> Stop:
@@ -217,46 +326,76 @@ class Monitor(threading.Thread):
 def export(world, cfg: ExportConfig) -> ExitCode:
     """Collective: run one export task on every rank of `world`; returns the exit code."""
     state = StateDir(cfg.state_dir)
-    t = cfg.transfer
-    store = S3Store(cfg.repository.bucket, cfg.s3, pool=t.concurrency + t.parts_in_flight + 4)
-    setup = _prepare(cfg, state, world.size, store) if world.rank == 0 else None
+    fs_lock = state.fs_lock(cfg.file_system_id)  # held by rank 0 for the whole task
+    setup = _prepare(cfg, state, world.size, fs_lock) if world.rank == 0 else None
     setup = world.bcast(setup)
     if isinstance(setup, Stop):
+        fs_lock.release()
         return setup.exit_code
-    store.checksum = setup.caps.crc32 and cfg.s3.checksum != "none"
-    manifest = _manifest(cfg)
-    reader = manifest.reader()
-    delta = manifest.delta_log(setup.task_id, world.rank)
-    transfer = Transfer(cfg.fs_root, cfg.repository, store, LayoutSource(t.lfs, t.stripe_size),
-                        TransferOptions(t.part_size, t.multipart_threshold, cfg.s3.max_object_size,
-                                        t.batch_entries, t.busy_retries),
-                        rank=world.rank, skip=setup.skip, manifest=reader, delta=delta, full=cfg.full,
-                        delete=cfg.delete)
     lock = threading.Lock()
     scheduler = monitor = writer = None
     if world.rank == 0:
         rec = state.read(setup.task_id)
         writer = ReportWriter(state.task_dir(setup.task_id))
-        scheduler = Scheduler(_root_units(transfer, setup.roots), writer.add, world.size,
-                              resumable=setup.resumable)
-        scheduler.discovered = sum(1 for e in setup.roots if e.path)  # the task paths' own entries
+        writer.add(setup.outside)
+        scheduler = Scheduler([], writer.add, world.size)
+        scheduler.skipped = len(setup.outside)
+        scheduler.discovered = sum(1 for leg in setup.legs for e in leg.roots if e.path) + len(setup.outside)
         monitor = Monitor(cfg, state, rec, scheduler, lock)
         monitor.start()
+    for leg in setup.legs:
+        _run_leg(world, cfg, setup.task_id, leg, scheduler, lock)
+    code = None
+    if world.rank == 0:
+        fs_lock.release()
+        code = _finish(cfg, state, _store(cfg, cfg.report_path), scheduler, monitor, writer)
+    return world.bcast(code)
 
+
+def _run_leg(world, cfg: ExportConfig, task_id: str, leg: Leg, scheduler: Scheduler | None,
+             lock: threading.Lock) -> None:
+    """Collective: export one leg's paths to its repository; its manifest is merged at the end."""
     from .parallel import run_work
 
+    t = cfg.transfer
+    store = _store(cfg, leg.repository)
+    store.checksum = leg.caps.crc32 and cfg.s3.checksum != "none"
+    manifest = _manifest(cfg, leg.repository)
+    reader = manifest.reader()
+    delta = manifest.delta_log(task_id, world.rank)
+    transfer = Transfer(leg.fs_root, leg.repository, store, LayoutSource(t.lfs, t.stripe_size),
+                        TransferOptions(t.part_size, t.multipart_threshold, cfg.s3.max_object_size,
+                                        t.batch_entries, t.busy_retries),
+                        rank=world.rank, skip=_skip_set(cfg, leg.fs_root), manifest=reader, delta=delta,
+                        full=cfg.full, events=TASK_EVENTS | ({"DELETED"} if cfg.delete else set()))
+    if world.rank == 0:
+        with lock:
+            scheduler.start_leg(_root_units(transfer, leg.roots), _prefixed(scheduler.sink, leg.prefix),
+                                leg.resumable)
+    world.barrier()  # the leg's first units are queued before any rank asks for work
     run_work(world, scheduler, lock,
              lambda ch: Worker(transfer, ch, t.concurrency, t.parts_in_flight, delta.flush), STOP)
     if world.rank == 0:
-        _abort_unclaimed(transfer, scheduler, setup.roots)
+        _abort_unclaimed(transfer, scheduler, leg.roots)
     delta.close()
     reader.close()
     world.barrier()  # every rank's delta log is complete before rank 0 merges them
-    code = None
     if world.rank == 0:
         manifest.merge()
-        code = _finish(cfg, state, store, scheduler, monitor, writer)
-    return world.bcast(code)
+
+
+def _prefixed(sink, prefix: str):
+    """Report rows of a leg carry paths relative to the task's root, not the leg's."""
+    base = getattr(sink, "base", sink)
+    if not prefix:
+        return base
+
+    def add(rows: list[ReportRow]) -> None:
+        for r in rows:
+            r.path = f"{prefix}/{r.path}" if r.path else prefix
+        base(rows)
+    add.base = base
+    return add
 
 
 def _root_units(transfer: Transfer, roots: list[Entry]) -> list:

@@ -119,10 +119,12 @@ class Part:
 
 @dataclass(slots=True)
 class DirUnit:
-    """Scan one directory (relative path) and emit its children."""
+    """Scan one directory (relative path) and emit its children. A shallow scan (auto-export
+    of a directory that saw events) descends only into subdirectories new to the manifest."""
 
     path: str
     uid: int = 0
+    shallow: bool = False
 
 
 @dataclass(slots=True)

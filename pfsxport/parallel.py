@@ -62,6 +62,16 @@ class World:
         os._exit(code)
 
 
+class _Solo:
+    """A world of one without MPI: the auto-export service runs the same work loop in-process."""
+
+    rank = 0
+    size = 1
+
+
+SOLO = _Solo()
+
+
 class _LocalChannel:
     def __init__(self, scheduler, lock: threading.Lock):
         self.scheduler = scheduler

@@ -106,6 +106,18 @@ class Scheduler:
         for u in roots:
             self._push(u)
 
+    def start_leg(self, roots: list, sink: Callable[[list[ReportRow]], None], resumable: dict) -> None:
+        """Queue the next repository's root units once the previous one is finished (a task
+        mapped through several associations runs one leg per association). Hard links are
+        paired within a leg only: their objects live in that leg's repository."""
+        self.sink = sink
+        self.resumable = dict(resumable)
+        self.inodes.clear()
+        self.primaries.clear()
+        if not self.canceled:
+            for u in roots:
+                self._push(u)
+
     # ---- intake ----------------------------------------------------------------------
 
     def _linked(self, e: Entry) -> bool:

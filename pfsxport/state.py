@@ -123,6 +123,51 @@ def _write_atomic(path: str, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def write_json_atomic(path: str, obj: Any) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    _write_atomic(path, json.dumps(obj, indent=1).encode())
+
+
+class FileLock:
+    """An flock on a file in the state directory (cluster-wide where the state directory
+    is on a file system with flock, e.g. Lustre mounted with -o flock)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._f = None
+
+    def acquire(self, wait: bool) -> bool:
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        f = open(self.path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            f.close()
+            return False
+        self._f = f
+        return True
+
+    def release(self) -> None:
+        if self._f is not None:
+            fcntl.flock(self._f, fcntl.LOCK_UN)
+            self._f.close()
+            self._f = None
+
+    def announce(self, who: str) -> None:
+        """Write who holds the lock into it (read by `holder`)."""
+        self._f.seek(0)
+        self._f.truncate()
+        self._f.write(who)
+        self._f.flush()
+
+    def holder(self) -> str:
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                return f.read().strip()
+        except OSError:
+            return ""
+
+
 class StateDir:
     def __init__(self, root: str):
         self.root = root
@@ -252,6 +297,15 @@ class StateDir:
             rec.last_updated = time.time()
             self.write(rec)
             return rec
+
+    def fs_lock(self, file_system_id: str) -> FileLock:
+        """Held by an export task from start to end and by each auto-export batch: the two
+        never run at once on a file system (E-18)."""
+        return FileLock(os.path.join(self.root, "locks", file_system_id + ".activity"))
+
+    def service_lock(self, file_system_id: str) -> FileLock:
+        """Held by the one auto-export service of a file system for as long as it runs."""
+        return FileLock(os.path.join(self.root, "locks", file_system_id + ".autoexport"))
 
     # ---- data repository associations ------------------------------------------------
 

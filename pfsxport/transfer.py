@@ -14,6 +14,7 @@ import stat as _stat
 import time
 import zlib
 from dataclasses import dataclass
+from typing import Callable
 
 from . import checksum
 from .errors import ErrorCode, StoreError
@@ -73,15 +74,26 @@ class _NoDelta:
         pass
 
 
+TASK_EVENTS = frozenset({"NEW", "CHANGED"})
+
+
 class Transfer:
     """One rank's executor. `manifest` (a manifest.Reader) makes scans incremental: entries
-    whose stat matches their last export are left out unless `full`; with `delete`, the
-    objects of entries that are gone are removed. `delta` (a manifest.DeltaLog) records
-    each object as soon as it is durable in S3."""
+    whose stat matches their last export are left out unless `full`. `events` says which
+    differences are acted on: NEW (not in the manifest), CHANGED (in it, with another
+    stat, or renamed) and DELETED (in it, gone: the object is removed). `delta` (a
+    manifest.DeltaLog) records each object as soon as it is durable in S3.
+
+    Auto-export adds three hooks: `hold(path)` keeps a file a writer still has open out of
+    this scan; `renamed(path)` marks a path that arrived or left by a rename (a CHANGED
+    event whatever the manifest says); `passed` ({path: rec}) remembers entries the policy
+    left alone, so that a later scan does not take them for new again."""
 
     def __init__(self, fs_root: str, repo: S3Url, store, layouts: LayoutSource, opts: TransferOptions,
                  rank: int = 0, skip: frozenset[str] = frozenset(), manifest=None, delta=None,
-                 full: bool = False, delete: bool = False):
+                 full: bool = False, events: frozenset[str] = TASK_EVENTS,
+                 hold: Callable[[str], bool] | None = None, renamed: Callable[[str], bool] | None = None,
+                 passed: dict | None = None):
         self.fs_root = fs_root
         self.repo = repo
         self.store = store
@@ -92,7 +104,10 @@ class Transfer:
         self.manifest = manifest
         self.delta = delta or _NoDelta()
         self.full = full
-        self.delete = delete
+        self.events = events
+        self.hold = hold
+        self.renamed = renamed or (lambda path: False)
+        self.passed = passed
 
     def abspath(self, rel: str) -> str:
         return os.path.join(self.fs_root, rel)
@@ -156,19 +171,33 @@ class Transfer:
         for name, st in res.items:
             before = previous.pop(name, None)
             mode = st.st_mode
-            if _stat.S_ISDIR(mode):
+            if _stat.S_ISDIR(mode) and (before is None or not unit.shallow):
                 dirs.append(DirUnit(prefix + os.fsdecode(name)))
             if before is not None and not self.full and before == (
                     st.st_size, st.st_mtime_ns, st.st_ctime_ns, mode, st.st_uid, st.st_gid, st.st_ino):
                 unchanged += 1
                 continue
-            changed.append(Entry.from_stat(prefix + os.fsdecode(name), st))
+            e = Entry.from_stat(prefix + os.fsdecode(name), st)
+            if self.passed is not None and self.passed.get(e.path) == e.rec():
+                continue  # left alone by the policy before, and unchanged since
+            if self._wanted(e, before is None):
+                changed.append(e)
         out.units = self.route(changed) + dirs
-        if self.delete and previous:  # what is left of `previous` is gone from the directory
+        if previous:  # what is left of `previous` is gone from the directory
             out.units += self.deletions(unit.path, previous)
         out.discovered = Discovered(len(res.items), sum(e.size for e in changed if e.kind is EntryKind.FILE),
                                     unchanged)
         return out
+
+    def _wanted(self, e: Entry, new: bool) -> bool:
+        """Whether the policy exports this new or changed entry now."""
+        if self.hold is not None and e.kind is EntryKind.FILE and self.hold(e.path):
+            return False
+        if ("NEW" if new and not self.renamed(e.path) else "CHANGED") in self.events:
+            return True
+        if self.passed is not None:
+            self.passed[e.path] = e.rec()
+        return False
 
     def changed(self, entries: list[Entry], previous: dict) -> tuple[list[Entry], int]:
         """Entries to export (new or changed since their last export, or all with `full`);
@@ -176,12 +205,22 @@ class Transfer:
         out = []
         for e in entries:
             before = previous.pop(os.fsencode(e.path.rpartition("/")[2]), None)
-            if self.full or before is None or tuple(before) != e.rec():
+            if (self.full or before is None or tuple(before) != e.rec()) and self._wanted(e, before is None):
                 out.append(e)
         return out, len(entries) - len(out)
 
     def deletions(self, parent: str, gone: dict) -> list:
-        named = [(join_path(parent, os.fsdecode(name)), rec[3]) for name, rec in gone.items()]
+        """Units removing the objects of entries gone from `parent`, as far as the policy
+        says (DELETED; or CHANGED for the old name of a rename)."""
+        named = []
+        for name, rec in gone.items():
+            path = join_path(parent, os.fsdecode(name))
+            if self.passed is not None and path in self.passed and self.passed[path] is None:
+                continue  # left in S3 by the policy before
+            if ("CHANGED" if self.renamed(path) else "DELETED") in self.events:
+                named.append((path, rec[3]))
+            elif self.passed is not None:
+                self.passed[path] = None
         units: list = [DeleteTreeUnit(path) for path, mode in named if _stat.S_ISDIR(mode)]
         files = [(path, mode) for path, mode in named if not _stat.S_ISDIR(mode)]
         units += [DeleteUnit(files[i:i + 1000]) for i in range(0, len(files), 1000)]

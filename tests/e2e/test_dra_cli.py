@@ -53,3 +53,60 @@ def test_unwritable_repository_is_misconfigured_with_a_message(seaweed, tmp_path
     assert r.returncode == 0, r.stderr
     a = json.loads(r.stdout)["Association"]
     assert a["Lifecycle"] == "MISCONFIGURED" and "NoSuchBucket" in a["FailureDetails"]["Message"]
+
+
+def test_export_task_maps_paths_through_associations(seaweed, tmp_path):
+    """Without --repository a task exports each association's part of its paths to that
+    association's prefix; entries outside every association are skipped with a WARN."""
+    import csv
+
+    from conftest import describe, run_export, task_id_of
+    from treeutil import assert_bucket_matches_tree
+
+    root, state = tmp_path / "fs", tmp_path / "st"
+    for d in ("results/run1", "scratch/keep/sub", "scratch/tmp", "home"):
+        os.makedirs(root / d)
+    for f in ("results/run1/a", "results/top", "scratch/keep/sub/k", "scratch/tmp/t", "scratch/loose", "home/h"):
+        (root / f).write_bytes(f.encode())
+    bucket = seaweed.new_bucket()
+    c = seaweed.client()
+    for fs_path, repo in (("/results", f"s3://{bucket}/res/"), ("/scratch/keep", f"s3://{bucket}/keep/")):
+        assert dra(seaweed, root, state, "create", "--file-system-path", fs_path, "--data-repository-path",
+                   repo).returncode == 0
+
+    r = run_export(seaweed, ["--fs-root", str(root), "--state-dir", str(state), "--progress", "off"], ranks=2)
+    assert r.returncode == 0, r.stderr
+    assert_bucket_matches_tree(c, bucket, "res/", str(root / "results"), dir_metadata=False, content_types=False)
+    assert_bucket_matches_tree(c, bucket, "keep/", str(root / "scratch" / "keep"), dir_metadata=False,
+                               content_types=False)
+    task = task_id_of(r)
+    assert set(list_keys(c, bucket)) - {k for k in list_keys(c, bucket) if k.startswith(("res/", "keep/"))} == {
+        f"pfsxport-reports/{task}/{n}" for n in ("failures.csv", "report.csv", "report.h5")}
+    t = describe(task, str(state))
+    assert t["Lifecycle"] == "SUCCEEDED" and t["Status"]["TotalCount"] == 3 + 2  # a, top, k + run1/ and sub/
+    with open(os.path.join(state, "tasks", task, "report.csv"), newline="") as f:
+        rows = {row["path"]: row for row in csv.DictReader(f)}
+    skipped = {p for p, row in rows.items() if row["status"] == "skipped"}
+    assert skipped == {"home", "scratch/tmp", "scratch/loose"}  # the topmost entries outside
+    assert "results/run1/a" in rows and "scratch/keep/sub/k" in rows  # rows name file-system paths
+    with open(os.path.join(state, "logs", f"datarepo_{t['FileSystemId']}.jsonl")) as f:
+        warns = [json.loads(line) for line in f]
+    assert {w["path"] for w in warns if w["eventCode"] == "S3ExportLocalObjectNotMatchDra"} == skipped
+    assert all(w["level"] == "WARN" for w in warns)
+
+    # a task path inside an association exports only that part; unchanged entries are not resent
+    (root / "results" / "run1" / "b").write_bytes(b"new")
+    r2 = run_export(seaweed, ["--fs-root", str(root), "--state-dir", str(state), "--progress", "off",
+                              "results/run1"])
+    assert r2.returncode == 0, r2.stderr
+    assert describe(task_id_of(r2), str(state))["Status"]["TotalCount"] == 2  # b, and run1/ whose mtime moved
+    assert c.get_object(Bucket=bucket, Key="res/run1/b")["Body"].read() == b"new"
+
+
+def test_export_without_repository_or_association_names_the_key(seaweed, tmp_path):
+    from conftest import run_export
+
+    os.makedirs(tmp_path / "fs")
+    r = run_export(seaweed, ["--fs-root", str(tmp_path / "fs"), "--state-dir", str(tmp_path / "st")])
+    assert r.returncode == 2
+    assert "missing required key 'repository'" in r.stderr and "dra create" in r.stderr

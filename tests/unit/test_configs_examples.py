@@ -18,7 +18,11 @@ def test_there_are_examples():
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
 def test_example_config_loads(path, tmp_path):
     values = load_yaml(path)
-    assert "repository" in values
-    cfg = resolve(values, {"fs_root": str(tmp_path)}, path)
-    assert cfg.repository.bucket and cfg.repository.prefix.endswith("/")
+    service = "auto_export.source" in values  # the service takes its repositories from associations
+    assert ("repository" in values) != service
+    cfg = resolve(values, {"fs_root": str(tmp_path)}, path, need_repository=not service)
+    if service:
+        assert cfg.auto_export.changelog_mdt and cfg.auto_export.rescan_interval > 0
+    else:
+        assert cfg.repository.bucket and cfg.repository.prefix.endswith("/")
     assert cfg.transfer.part_size % (1 << 20) == 0

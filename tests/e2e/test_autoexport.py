@@ -1,0 +1,339 @@
+"""`pfsxport auto-export` against SeaweedFS with real inotify events: each policy event alone
+and combined, renames, a file written for a while, MISCONFIGURED and back, kill -9 during a
+burst, a second service, and an export task running alongside."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import list_keys, pfsxport, run_export
+
+from pfsxport.config import file_system_id_for
+from treeutil import assert_bucket_matches_tree, posix_headers
+
+
+def eventually(check, timeout: float = 60.0, what: str = ""):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+            if last:
+                return last
+        except AssertionError as e:  # noqa: PERF203
+            last = e
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what or check}: {last}")
+
+
+class Service:
+    """A running `pfsxport auto-export` for one tree."""
+
+    def __init__(self, server, root, state, *extra: str):
+        self.server, self.root, self.state, self.extra = server, str(root), str(state), extra
+        self.proc = None
+        self.log = os.path.join(self.state, "service.log")
+
+    def dra(self, *args: str) -> dict:
+        r = pfsxport("dra", *args, "--fs-root", self.root, "--state-dir", self.state, env=self.server.env())
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    def associate(self, fs_path: str, repo: str, events: str) -> str:
+        os.makedirs(os.path.join(self.root, fs_path.lstrip("/")), exist_ok=True)
+        return self.dra("create", "--file-system-path", fs_path, "--data-repository-path", repo,
+                        "--events", events)["Association"]["AssociationId"]
+
+    def describe(self, aid: str) -> dict:
+        return self.dra("describe", aid)["Associations"][0]
+
+    def start(self) -> "Service":
+        os.makedirs(self.state, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pfsxport", "auto-export", "--fs-root", self.root, "--state-dir", self.state,
+             "--debounce", "0.1", "--rescan-interval", "0", "--recheck-interval", "0.5", *self.extra],
+            env={**os.environ, **self.server.env()}, stdout=subprocess.DEVNULL,
+            stderr=open(self.log, "ab"))
+        eventually(lambda: self.status().get("Pid") == self.proc.pid and all(
+            a["Backlog"] == 0 for a in self.status()["Associations"].values()), 60, "the service to start")
+        return self
+
+    def status(self) -> dict:
+        try:
+            with open(os.path.join(self.state, "autoexport", os.listdir(os.path.join(self.state, "autoexport"))[0])) as f:
+                return json.load(f)
+        except (OSError, IndexError, ValueError):
+            return {}
+
+    def stats(self, aid: str) -> dict:
+        return self.status()["Associations"][aid]
+
+    def events(self) -> list[dict]:
+        path = os.path.join(self.state, "logs")
+        out = []
+        for name in os.listdir(path) if os.path.isdir(path) else ():
+            with open(os.path.join(path, name)) as f:
+                out += [json.loads(line) for line in f]
+        return out
+
+    def stop(self) -> int:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(30)
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(30)
+
+    def output(self) -> str:
+        with open(self.log, errors="replace") as f:
+            return f.read()
+
+
+@pytest.fixture
+def service(seaweed, tmp_path):
+    made: list[Service] = []
+
+    def make(*extra: str, server=seaweed) -> Service:
+        s = Service(server, tmp_path / "fs", tmp_path / "state", *extra)
+        os.makedirs(s.root, exist_ok=True)
+        made.append(s)
+        return s
+    yield make
+    for s in made:
+        s.stop()
+
+
+def body(client, bucket, key):
+    return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def meta(client, bucket, key):
+    return client.head_object(Bucket=bucket, Key=key)["Metadata"]
+
+
+def test_new_changed_deleted_renames_and_metadata(seaweed, service):
+    s = service()
+    bucket = seaweed.new_bucket()
+    c = seaweed.client()
+    aid = s.associate("/results", f"s3://{bucket}/out/", "NEW,CHANGED,DELETED")
+    s.start()
+    res = os.path.join(s.root, "results")
+    # NEW: a file, a directory with a file, a symlink
+    with open(os.path.join(res, "a.dat"), "wb") as f:
+        f.write(b"first")
+    os.makedirs(os.path.join(res, "run1", "sub"))
+    with open(os.path.join(res, "run1", "sub", "x"), "wb") as f:
+        f.write(b"x" * 1000)
+    os.symlink("a.dat", os.path.join(res, "link"))
+    eventually(lambda: {"out/a.dat", "out/run1/", "out/run1/sub/", "out/run1/sub/x", "out/link"}
+               <= set(list_keys(c, bucket)), what="new entries")
+    assert body(c, bucket, "out/link") == b"a.dat"
+    assert meta(c, bucket, "out/a.dat") == posix_headers(os.lstat(os.path.join(res, "a.dat")))
+    # CHANGED: content, then chmod and utime as metadata
+    with open(os.path.join(res, "a.dat"), "wb") as f:
+        f.write(b"second version")
+    eventually(lambda: body(c, bucket, "out/a.dat") == b"second version", what="new content")
+    os.chmod(os.path.join(res, "a.dat"), 0o600)
+    os.utime(os.path.join(res, "run1", "sub", "x"), (1_600_000_000, 1_600_000_000))
+    eventually(lambda: meta(c, bucket, "out/a.dat")["file-permissions"] == "0100600", what="chmod")
+    eventually(lambda: meta(c, bucket, "out/run1/sub/x")["file-mtime"] == "1600000000000000000ns", what="utime")
+    # rename of a file and of a directory with descendants: old keys go, new ones come
+    os.rename(os.path.join(res, "a.dat"), os.path.join(res, "b.dat"))
+    os.rename(os.path.join(res, "run1"), os.path.join(res, "run2"))
+    eventually(lambda: set(list_keys(c, bucket)) == {"out/b.dat", "out/run2/", "out/run2/sub/", "out/run2/sub/x",
+                                                     "out/link"}, what="renames")
+    # DELETED: a file and a directory tree
+    os.unlink(os.path.join(res, "link"))
+    import shutil
+    shutil.rmtree(os.path.join(res, "run2"))
+    eventually(lambda: set(list_keys(c, bucket)) == {"out/b.dat"}, what="deletes")
+    assert_bucket_matches_tree(c, bucket, "out/", res, dir_metadata=False, content_types=False)
+    st = eventually(lambda: s.stats(aid)["Deleted"] == 8 and s.stats(aid), 10, "the status")
+    assert st["Failed"] == 0  # 8 deleted: a.dat, run1/ sub/ x by the renames, link, run2/ sub/ x
+    assert s.stop() == 0
+    assert "Traceback" not in s.output()
+
+
+@pytest.mark.parametrize("events", ["NEW", "CHANGED", "DELETED", "NEW,DELETED"])
+def test_events_outside_the_policy_do_nothing(seaweed, service, events):
+    s = service()
+    bucket = seaweed.new_bucket()
+    c = seaweed.client()
+    res = os.path.join(s.root, "p")
+    os.makedirs(res)
+    for name in ("keep", "edit", "gone", "old"):
+        with open(os.path.join(res, name), "wb") as f:
+            f.write(name.encode())
+    # everything already exported once, so CHANGED and DELETED have something to act on
+    done = run_export(seaweed, ["--fs-root", res, "--repository", f"s3://{bucket}/p/", "--state-dir", s.state,
+                                "--file-system-id", file_system_id_for(s.root), "--progress", "off"])
+    assert done.returncode == 0, done.stderr
+    s.associate("/p", f"s3://{bucket}/p/", events)
+    s.start()
+    with open(os.path.join(res, "new"), "wb") as f:
+        f.write(b"new")
+    with open(os.path.join(res, "edit"), "wb") as f:
+        f.write(b"edited")
+    os.unlink(os.path.join(res, "gone"))
+    os.rename(os.path.join(res, "old"), os.path.join(res, "renamed"))
+    # a marker the policy always covers, written last: once it is handled, so is the rest
+    want = set(events.split(","))
+    if "NEW" in want:
+        marker = ("p/marker", lambda keys: "p/marker" in keys)
+    elif "CHANGED" in want:
+        marker = ("p/keep", lambda keys: body(c, bucket, "p/keep") == b"keep2")
+    else:
+        marker = ("p/keep", lambda keys: "p/keep" not in keys)
+    time.sleep(0.3)
+    if marker[0] == "p/marker":
+        with open(os.path.join(res, "marker"), "wb") as f:
+            f.write(b"m")
+    elif "CHANGED" in want:
+        with open(os.path.join(res, "keep"), "wb") as f:
+            f.write(b"keep2")
+    else:
+        os.unlink(os.path.join(res, "keep"))
+    eventually(lambda: marker[1](set(list_keys(c, bucket))), what="the marker")
+    time.sleep(0.5)
+    keys = set(list_keys(c, bucket))
+    assert ("p/new" in keys) == ("NEW" in want)
+    assert body(c, bucket, "p/edit") == (b"edited" if "CHANGED" in want else b"edit")
+    assert ("p/gone" in keys) == ("DELETED" not in want)
+    # a rename is a CHANGED event: the old key goes and the new one comes only with CHANGED
+    assert ("p/old" in keys) == ("CHANGED" not in want)
+    assert ("p/renamed" in keys) == ("CHANGED" in want)
+
+
+def test_file_written_for_a_while_is_exported_once_after_close(seaweed, service):
+    s = service()
+    bucket = seaweed.new_bucket()
+    c = seaweed.client()
+    aid = s.associate("/w", f"s3://{bucket}/", "NEW,CHANGED,DELETED")
+    s.start()
+    path = os.path.join(s.root, "w", "slow.log")
+    seen_early = []
+    with open(path, "wb") as f:
+        for i in range(25):
+            f.write(f"line {i}\n".encode())
+            f.flush()
+            time.sleep(0.08)
+            if "slow.log" in list_keys(c, bucket):
+                seen_early.append(i)
+    final = open(path, "rb").read()
+    eventually(lambda: "slow.log" in list_keys(c, bucket), what="the closed file")
+    time.sleep(1.0)
+    assert not seen_early, f"exported while still open for writing (after line {seen_early[0]})"
+    assert body(c, bucket, "slow.log") == final
+    assert s.stats(aid)["Exported"] == 1
+
+
+def test_misconfigured_keeps_the_backlog_and_recovers(moto, service):
+    # moto: SeaweedFS creates a deleted bucket again on the next PUT, so it cannot lose one
+    s = service(server=moto)
+    bucket = moto.new_bucket()
+    c = moto.client()
+    aid = s.associate("/m", f"s3://{bucket}/m/", "NEW,CHANGED,DELETED")
+    s.start()
+    res = os.path.join(s.root, "m")
+    with open(os.path.join(res, "before"), "wb") as f:
+        f.write(b"1")
+    eventually(lambda: "m/before" in list_keys(c, bucket), what="first export")
+    c.delete_object(Bucket=bucket, Key="m/before")
+    c.delete_bucket(Bucket=bucket)
+    for i in range(20):
+        with open(os.path.join(res, f"while-{i}"), "wb") as f:
+            f.write(b"queued %d" % i)
+    os.unlink(os.path.join(res, "before"))  # a deletion waits in the backlog too
+
+    def misconfigured():
+        a = s.describe(aid)
+        return a["Lifecycle"] == "MISCONFIGURED" and a
+    a = eventually(misconfigured, 60, "MISCONFIGURED")
+    assert "NoSuchBucket" in a["FailureDetails"]["Message"] or "does not exist" in a["FailureDetails"]["Message"]
+    assert any(e["level"] == "ERROR" and "paused" in e["message"] for e in s.events())
+    eventually(lambda: s.stats(aid)["Backlog"] > 0, 10, "the backlog kept")
+    c.create_bucket(Bucket=bucket)
+    eventually(lambda: s.describe(aid)["Lifecycle"] == "AVAILABLE", 60, "AVAILABLE again")
+    eventually(lambda: len([k for k in list_keys(c, bucket) if k.startswith("m/while-")]) == 20, 60,
+               "the backlog in S3")
+    assert_bucket_matches_tree(c, bucket, "m/", res, dir_metadata=False, content_types=False)
+
+
+def test_kill9_during_a_burst_then_restart(seaweed, service):
+    s = service("--concurrency", "4")
+    bucket = seaweed.new_bucket()
+    c = seaweed.client()
+    s.associate("/b", f"s3://{bucket}/b/", "NEW,CHANGED,DELETED")
+    s.start()
+    res = os.path.join(s.root, "b")
+    for d in range(4):
+        os.makedirs(os.path.join(res, f"d{d}"))
+        for i in range(500):
+            with open(os.path.join(res, f"d{d}", f"f{i}"), "wb") as f:
+                f.write(b"%d-%d" % (d, i))
+    eventually(lambda: len(list_keys(c, bucket)) > 50, 60, "the burst to start")
+    s.kill()
+    partial = len(list_keys(c, bucket))
+    # changes during the outage: new files, a rewrite, a delete
+    with open(os.path.join(res, "d0", "f0"), "wb") as f:
+        f.write(b"rewritten while the service was down")
+    os.unlink(os.path.join(res, "d1", "f1"))
+    with open(os.path.join(res, "late"), "wb") as f:
+        f.write(b"late")
+    s.start()
+    eventually(lambda: len(list_keys(c, bucket)) == 2000 + 4 - 1 + 1, 120, "everything after restart")
+    assert partial < 2004
+    assert_bucket_matches_tree(c, bucket, "b/", res, dir_metadata=False, content_types=False)
+
+
+def test_one_service_per_file_system_and_failed_when_the_path_goes(seaweed, service):
+    s = service()
+    bucket = seaweed.new_bucket()
+    aid = s.associate("/gone", f"s3://{bucket}/g/", "NEW")
+    s.start()
+    second = pfsxport("auto-export", "--fs-root", s.root, "--state-dir", s.state, env=seaweed.env(), timeout=30)
+    assert second.returncode == 6 and "already running" in second.stderr
+    os.rmdir(os.path.join(s.root, "gone"))
+    a = eventually(lambda: s.describe(aid)["Lifecycle"] == "FAILED" and s.describe(aid), 30, "FAILED")
+    assert "no longer exists" in a["FailureDetails"]["Message"]
+
+
+def test_export_task_and_auto_export_never_run_at_once(seaweed, service):
+    s = service()
+    bucket = seaweed.new_bucket()
+    c = seaweed.client()
+    aid = s.associate("/t", f"s3://{bucket}/t/", "NEW,CHANGED,DELETED")
+    s.start()
+    res = os.path.join(s.root, "t")
+    for i in range(30):
+        with open(os.path.join(res, f"f{i}"), "wb") as f:
+            f.write(b"data")
+    eventually(lambda: len(list_keys(c, bucket)) == 30, what="first export")
+    other = os.path.join(s.root, "other")
+    os.makedirs(other)
+    for i in range(20):
+        with open(os.path.join(other, f"o{i}"), "wb") as f:
+            f.write(b"o")
+    task = subprocess.Popen([sys.executable, "-m", "pfsxport", "export", "--fs-root", s.root, "--repository",
+                             f"s3://{bucket}/task/", "--state-dir", s.state, "--progress", "off", "--concurrency", "1",
+                             "other"], env={**os.environ, **seaweed.env(), "PFSXPORT_TEST_ENTRY_DELAY": "0.2"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    eventually(lambda: any(k.startswith("task/") for k in list_keys(c, bucket)), 60, "the task to run")
+    with open(os.path.join(res, "during-task"), "wb") as f:
+        f.write(b"waits for the task")
+    time.sleep(1.0)
+    running = task.poll() is None
+    keys = set(list_keys(c, bucket))
+    out, err = task.communicate(timeout=120)
+    assert task.returncode == 0, err
+    assert running, "the task ended before the check; make it slower"
+    assert "t/during-task" not in keys  # auto-export waited for the task (E-18)
+    eventually(lambda: "t/during-task" in list_keys(c, bucket), 30, "auto-export after the task")
+    assert s.describe(aid)["Lifecycle"] == "AVAILABLE"
