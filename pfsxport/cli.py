@@ -107,7 +107,8 @@ def _parser() -> argparse.ArgumentParser:
     for name, helptext in (("create", "link a file-system path to an S3 prefix"),
                            ("describe", "print associations as FSx DescribeDataRepositoryAssociations JSON"),
                            ("update", "change an association's auto-export policy (its paths are fixed)"),
-                           ("delete", "remove an association (its objects in S3 stay)")):
+                           ("delete", "remove an association (its objects in S3 stay; its files too "
+                                      "unless --delete-data-in-file-system)")):
         c = asub.add_parser(name, help=helptext)
         c.add_argument("--config")
         c.add_argument("--fs-root", help="the file-system mount the association's path lies in")
@@ -116,15 +117,19 @@ def _parser() -> argparse.ArgumentParser:
         if name == "create":
             c.add_argument("--file-system-path", required=True, help="absolute inside the file system, e.g. /results")
             c.add_argument("--data-repository-path", required=True, help="s3://BUCKET/PREFIX/")
+        if name in ("create", "update"):  # both check the repository (a marker written and removed)
+            c.add_argument("--events", default=None, help="auto-export events: a comma list of NEW, CHANGED, "
+                           "DELETED (empty: auto-export off)")
             c.add_argument("--endpoint-url")
             c.add_argument("--profile")
             c.add_argument("--region")
             c.add_argument("--addressing-style", choices=["auto", "path", "virtual"])
-        if name in ("create", "update"):
-            c.add_argument("--events", default=None, help="auto-export events: a comma list of NEW, CHANGED, "
-                           "DELETED (empty: auto-export off)")
         if name in ("update", "delete"):
             c.add_argument("association_id", metavar="ASSOCIATION_ID")
+        if name == "delete":
+            c.add_argument("--delete-data-in-file-system", action="store_true",
+                           help="also delete the files and directories under the association's FileSystemPath "
+                                "(its objects in S3 stay)")
         if name == "describe":
             c.add_argument("association_ids", nargs="*", metavar="ASSOCIATION_ID")
 
@@ -266,10 +271,7 @@ def _dra(args) -> int:
             new = Association(new_association_id(), fsid, fs_path, repo, evs)
             assocs.append(new)
         _check_repository(args, root, new)
-        with state.editing_associations(fsid) as assocs:
-            for i, a in enumerate(assocs):
-                if a.association_id == new.association_id:
-                    assocs[i] = new
+        _save_lifecycle(state, fsid, new)
         print(json.dumps({"Association": new.to_fsx()}, indent=4))
         return 0
     with state.editing_associations(fsid) as assocs:
@@ -277,14 +279,47 @@ def _dra(args) -> int:
         if not found:
             raise TaskError("DataRepositoryAssociationNotFound", args.association_id)
         a = found[0]
-        if args.dra_command == "update":
+        if args.dra_command == "update":  # UPDATING until the repository is checked again
             a.events = normalize_events(events if events is not None else a.events)
+        a.lifecycle, a.failure_message = (AssociationLifecycle.UPDATING if args.dra_command == "update"
+                                          else AssociationLifecycle.DELETING), None
+    if args.dra_command == "update":
+        if root:
+            _check_repository(args, root, a)
         else:
-            assocs.remove(a)
-            a.lifecycle = AssociationLifecycle.DELETING
-    print(json.dumps({"Association": a.to_fsx()} if args.dra_command == "update" else
-                     {"AssociationId": a.association_id, "Lifecycle": "DELETING"}, indent=4))
+            a.lifecycle = AssociationLifecycle.AVAILABLE
+        _save_lifecycle(state, fsid, a)
+        print(json.dumps({"Association": a.to_fsx()}, indent=4))
+        return 0
+    if args.delete_data_in_file_system:
+        if not root:
+            raise ConfigError("--delete-data-in-file-system needs --fs-root (or a --config with fs_root)")
+        _delete_data(os.path.join(root, a.file_system_path.lstrip("/")))
+    with state.editing_associations(fsid) as assocs:
+        assocs[:] = [x for x in assocs if x.association_id != a.association_id]
+    print(json.dumps({"AssociationId": a.association_id, "Lifecycle": "DELETING",
+                      "DeleteDataInFileSystem": bool(args.delete_data_in_file_system)}, indent=4))
     return 0
+
+
+def _save_lifecycle(state, fsid: str, assoc) -> None:
+    with state.editing_associations(fsid) as assocs:
+        for i, x in enumerate(assocs):
+            if x.association_id == assoc.association_id:
+                assocs[i] = assoc
+
+
+def _delete_data(path: str) -> None:
+    """DeleteDataInFileSystem: remove what lies under the association's path (the
+    directory itself stays, as the mount point of nothing)."""
+    import shutil
+
+    for name in os.listdir(path):
+        full = os.path.join(path, name)
+        if os.path.isdir(full) and not os.path.islink(full):
+            shutil.rmtree(full)
+        else:
+            os.unlink(full)
 
 
 def _check_repository(args, root: str, assoc) -> None:

@@ -337,3 +337,66 @@ def test_export_task_and_auto_export_never_run_at_once(seaweed, service):
     assert "t/during-task" not in keys  # auto-export waited for the task (E-18)
     eventually(lambda: "t/during-task" in list_keys(c, bucket), 30, "auto-export after the task")
     assert s.describe(aid)["Lifecycle"] == "AVAILABLE"
+
+
+STANDIN_LFS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "standin", "lfs")
+
+
+def _record(index: int, kind: str, tfid: str, rest: str = "", flags: str = "0x0") -> str:
+    return f"{index} {kind} 10:28:46.968438800 2026.11.23 {flags} t=[{tfid}] ef=0xf u=0:0 nid=0@lo {rest}".rstrip()
+
+
+def test_lustre_changelog_source_clears_only_what_is_in_s3(seaweed, service, tmp_path):
+    """The changelog source with a stand-in lfs over a real tree: records become objects,
+    and `lfs changelog_clear` follows only once they are durable."""
+    lfsdir = tmp_path / "lfs"
+    os.makedirs(lfsdir)
+    cfg = tmp_path / "ae.yaml"
+    cfg.write_text("auto_export:\n  rescan_on_start: false\n")
+    s = service("--config", str(cfg), "--source", "changelog", "--changelog-mdt", "lus-MDT0000",
+                "--changelog-user", "cl1", "--lfs", STANDIN_LFS)
+    os.environ["PFSXPORT_STANDIN_LFS"] = str(lfsdir)  # inherited by the service
+    try:
+        bucket = seaweed.new_bucket()
+        c = seaweed.client()
+        s.associate("/lus", f"s3://{bucket}/lus/", "NEW,CHANGED,DELETED")
+        res = os.path.join(s.root, "lus")
+        os.makedirs(os.path.join(res, "old"))
+        with open(os.path.join(res, "old", "untouched"), "wb") as f:
+            f.write(b"exported by a task")
+        task = run_export(seaweed, ["--fs-root", s.root, "--state-dir", s.state, "--progress", "off"])
+        assert task.returncode == 0, task.stderr  # through the association: lus/old/untouched
+        with open(os.path.join(res, "old", "untouched"), "wb") as f:
+            f.write(b"changed, but no record says so")
+        os.makedirs(os.path.join(res, "run"))
+        for name in ("a", "run/b"):
+            with open(os.path.join(res, name), "wb") as f:
+                f.write(name.encode() * 10)
+        D, R, A, B = "0x200000401:0x1:0x0", "0x200000401:0x2:0x0", "0x200000401:0x3:0x0", "0x200000401:0x4:0x0"
+        (lfsdir / "fids").write_text(f"{D}\tlus\n{R}\tlus/run\n{A}\tlus/a\n{B}\tlus/run/b\n")
+        (lfsdir / "changelog").write_text("\n".join([
+            _record(1, "01CREAT", A, f"p=[{D}] a"),
+            _record(2, "11CLOSE", A, flags="0x242"),
+            _record(3, "02MKDIR", R, f"p=[{D}] run"),
+            _record(4, "01CREAT", B, f"p=[{R}] b"),
+            _record(5, "11CLOSE", B, flags="0x242"),
+        ]) + "\n")
+        s.start()
+        eventually(lambda: {"lus/a", "lus/run/", "lus/run/b"} <= set(list_keys(c, bucket)), 60, "the records")
+        assert body(c, bucket, "lus/old/untouched") == b"exported by a task"  # no record, no rescan at start
+        eventually(lambda: (lfsdir / "cleared").exists() and
+                   (lfsdir / "cleared").read_text().split()[-1] == "5", 30, "the clear")
+        assert (lfsdir / "cleared").read_text().split()[:2] == ["lus-MDT0000", "cl1"]
+        # a delete and a rename arrive later
+        os.unlink(os.path.join(res, "run", "b"))
+        os.rename(os.path.join(res, "a"), os.path.join(res, "a2"))
+        (lfsdir / "fids").write_text(f"{D}\tlus\n{R}\tlus/run\n{A}\tlus/a2\n")
+        with open(lfsdir / "changelog", "a") as f:
+            f.write(_record(6, "06UNLNK", B, f"p=[{R}] b", flags="0x1") + "\n")
+            f.write(_record(7, "08RENME", "0:0x0:0x0", f"p=[{D}] a2 s=[{A}] sp=[{D}] a") + "\n")
+        eventually(lambda: {k for k in list_keys(c, bucket) if k.startswith("lus/")} ==
+                   {"lus/a2", "lus/run/", "lus/old/", "lus/old/untouched"}, 60, "delete and rename")
+        eventually(lambda: (lfsdir / "cleared").read_text().split()[-1] == "7", 30, "the second clear")
+        assert body(c, bucket, "lus/a2") == b"a" * 10
+    finally:
+        os.environ.pop("PFSXPORT_STANDIN_LFS", None)

@@ -38,8 +38,10 @@ def test_create_describe_update_delete(seaweed, tmp_path):
     assert json.loads(u.stdout)["Association"]["S3"]["AutoExportPolicy"]["Events"] == ["NEW", "CHANGED", "DELETED"]
     listed = json.loads(dra(seaweed, root, state, "describe").stdout)["Associations"]
     assert [x["AssociationId"] for x in listed] == [aid]
+    (root / "results" / "kept").write_text("x")
     d = dra(seaweed, root, state, "delete", aid)
-    assert json.loads(d.stdout) == {"AssociationId": aid, "Lifecycle": "DELETING"}
+    assert json.loads(d.stdout) == {"AssociationId": aid, "Lifecycle": "DELETING", "DeleteDataInFileSystem": False}
+    assert (root / "results" / "kept").exists()
     assert json.loads(dra(seaweed, root, state, "describe").stdout)["Associations"] == []
     gone = dra(seaweed, root, state, "describe", aid)
     assert gone.returncode == 2 and "DataRepositoryAssociationNotFound" in gone.stderr
@@ -110,3 +112,19 @@ def test_export_without_repository_or_association_names_the_key(seaweed, tmp_pat
     r = run_export(seaweed, ["--fs-root", str(tmp_path / "fs"), "--state-dir", str(tmp_path / "st")])
     assert r.returncode == 2
     assert "missing required key 'repository'" in r.stderr and "dra create" in r.stderr
+
+
+def test_delete_with_data_and_update_rechecks(seaweed, tmp_path):
+    root, state = tmp_path / "fs", tmp_path / "st"
+    os.makedirs(root / "results" / "d")
+    (root / "results" / "d" / "f").write_text("x")
+    (root / "results" / "g").write_text("y")
+    bucket = seaweed.new_bucket()
+    a = json.loads(dra(seaweed, root, state, "create", "--file-system-path", "/results", "--data-repository-path",
+                       f"s3://{bucket}/r/").stdout)["Association"]
+    u = dra(seaweed, root, state, "update", a["AssociationId"], "--events", "DELETED")
+    assert json.loads(u.stdout)["Association"]["Lifecycle"] == "AVAILABLE"
+    d = dra(seaweed, root, state, "delete", a["AssociationId"], "--delete-data-in-file-system")
+    assert d.returncode == 0, d.stderr
+    assert json.loads(d.stdout)["DeleteDataInFileSystem"] is True
+    assert os.listdir(root / "results") == []
