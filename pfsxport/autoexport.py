@@ -465,6 +465,7 @@ class AutoExport:
             return 6
         try:
             service_lock.announce(f"{socket.gethostname()} pid {os.getpid()}")
+            self.state.declare_associations(self.fsid, self.cfg.associations)
             self._open_source()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, self.stop)

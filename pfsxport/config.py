@@ -77,6 +77,8 @@ class ExportConfig:
     status_interval: float = 2.0
     auto_export: AutoExportSettings = field(default_factory=AutoExportSettings)
     event_log_level: LogLevel = LogLevel.WARN_ERROR
+    # declared data repository associations: (file_system_path, data_repository_path, events)
+    associations: list[tuple[str, str, list[str]]] = field(default_factory=list)
 
 
 # ---- value parsers: each raises ValueError with a human message --------------------------
@@ -145,6 +147,24 @@ def _paths(v: Any) -> list[str]:
     return list(v)
 
 
+def _associations(v: Any) -> list[tuple[str, str, list[str]]]:
+    if not isinstance(v, list):
+        raise ValueError("expected a list of {file_system_path, data_repository_path, events}")
+    out = []
+    for i, a in enumerate(v):
+        if not isinstance(a, dict) or not {"file_system_path", "data_repository_path"} <= set(a) \
+                or set(a) - {"file_system_path", "data_repository_path", "events"}:
+            raise ValueError(f"item {i}: expected file_system_path, data_repository_path and optional events, "
+                             f"got {a!r}")
+        events = a.get("events", [])
+        if isinstance(events, str):
+            events = [e for e in events.split(",") if e]
+        if not isinstance(events, list) or not all(isinstance(e, str) for e in events):
+            raise ValueError(f"item {i}: events must be a list of NEW, CHANGED, DELETED")
+        out.append((_str(a["file_system_path"]), _str(a["data_repository_path"]), events))
+    return out
+
+
 def _bool(v: Any) -> bool:
     if isinstance(v, bool):
         return v
@@ -202,6 +222,7 @@ SCHEMA: dict[str, Callable[[Any], Any]] = {
     "auto_export.changelog_mdt": _str,
     "auto_export.changelog_user": _str,
     "auto_export.changelog_batch": _int(1, 1_000_000),
+    "associations": _associations,
     "event_log.level": lambda v: LogLevel(_choice(*(x.value for x in LogLevel))(v)),
 }
 SECTIONS = {"s3", "transfer", "progress", "auto_export", "event_log"}
@@ -302,6 +323,7 @@ def resolve(file_values: dict[str, Any], cli_values: dict[str, Any], config_path
         status_interval=values.get("progress.status_interval", 2.0),
         auto_export=AutoExportSettings(**{k[12:]: v for k, v in values.items() if k.startswith("auto_export.")}),
         event_log_level=values.get("event_log.level", LogLevel.WARN_ERROR),
+        associations=values.get("associations", []),
     )
 
 

@@ -116,3 +116,27 @@ def validate_new(existing: list[Association], fs_path: str, repo: str, events: l
         if _s3_overlap(a.data_repository_path, repo):
             raise ConfigError(f"DataRepositoryPath {repo} overlaps {a.data_repository_path} of {a.association_id}")
     return fs_path, repo, events
+
+
+def declare(existing: list[Association], file_system_id: str,
+            declared: list[tuple[str, str, list[str]]]) -> list[Association]:
+    """Bring config-declared associations into `existing` (in place): one with the same
+    paths gets the declared policy, a new one is validated and added. Returns those added
+    or changed (their repositories are checked by whoever uses them)."""
+    touched = []
+    for fs_path, repo, events in declared:
+        fs_path = normalize_fs_path(fs_path)
+        repo = str(parse_s3_url(repo, what="DataRepositoryPath"))
+        events = normalize_events(events)
+        same = [a for a in existing if a.file_system_path == fs_path and a.data_repository_path == repo
+                and a.lifecycle is not AssociationLifecycle.DELETING]
+        if same:
+            if same[0].events != events:
+                same[0].events = events
+                touched.append(same[0])
+            continue
+        fs_path, repo, events = validate_new(existing, fs_path, repo, events)
+        a = Association(new_association_id(), file_system_id, fs_path, repo, events, AssociationLifecycle.AVAILABLE)
+        existing.append(a)
+        touched.append(a)
+    return touched

@@ -93,7 +93,9 @@ def check_repository(cfg: ExportConfig) -> None:
     the report goes to the first association's bucket unless --report-path says otherwise."""
     if cfg.repository is not None:
         return
-    assocs = linked(StateDir(cfg.state_dir), cfg)
+    state = StateDir(cfg.state_dir)
+    state.declare_associations(cfg.file_system_id, cfg.associations)
+    assocs = linked(state, cfg)
     if not assocs:
         raise ConfigError("missing required key 'repository' (give --repository or set it in a --config file; "
                           f"or link paths of file system {cfg.file_system_id} with `pfsxport dra create`)")

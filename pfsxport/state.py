@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from .errors import ExitCode, TaskError
+from .errors import ConfigError, ExitCode, TaskError
 from .lifecycle import Counts, TaskLifecycle, transition
 
 TASK_TYPE = "EXPORT_TO_REPOSITORY"
@@ -333,6 +333,18 @@ class StateDir:
             assocs = self.associations(file_system_id)
             yield assocs
             self.save_associations(file_system_id, assocs)
+
+    def declare_associations(self, file_system_id: str, declared: list) -> None:
+        """Create or update the associations a config file declares (see dra.declare)."""
+        if not declared:
+            return
+        from .dra import declare
+
+        try:
+            with self.editing_associations(file_system_id) as assocs:
+                declare(assocs, file_system_id, declared)
+        except ConfigError as e:
+            raise ConfigError(f"key 'associations': {e}") from None
 
     def cancel_requested(self, task_id: str) -> bool:
         return os.path.exists(self.cancel_path(task_id))

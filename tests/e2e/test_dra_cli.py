@@ -128,3 +128,23 @@ def test_delete_with_data_and_update_rechecks(seaweed, tmp_path):
     assert d.returncode == 0, d.stderr
     assert json.loads(d.stdout)["DeleteDataInFileSystem"] is True
     assert os.listdir(root / "results") == []
+
+
+def test_associations_declared_in_a_config_file(seaweed, tmp_path):
+    from conftest import run_export
+
+    root, state = tmp_path / "fs", tmp_path / "st"
+    os.makedirs(root / "results")
+    (root / "results" / "r").write_text("r")
+    bucket = seaweed.new_bucket()
+    cfg = tmp_path / "site.yaml"
+    cfg.write_text(f"fs_root: {root}\nstate_dir: {state}\nassociations:\n"
+                   f"  - file_system_path: /results\n    data_repository_path: s3://{bucket}/declared/\n"
+                   f"    events: [NEW, CHANGED]\n")
+    for _ in range(2):  # the second run finds the association already there
+        r = run_export(seaweed, ["--config", str(cfg), "--progress", "off"])
+        assert r.returncode == 0, r.stderr
+    assert "declared/r" in list_keys(seaweed.client(), bucket)
+    listed = json.loads(dra(seaweed, root, state, "describe").stdout)["Associations"]
+    assert [(a["FileSystemPath"], a["S3"]["AutoExportPolicy"]["Events"]) for a in listed] == [
+        ("/results", ["NEW", "CHANGED"])]

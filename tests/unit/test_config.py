@@ -303,3 +303,15 @@ def test_infinite_size_is_a_config_error(root, key):
     with pytest.raises(ConfigError) as ei:
         resolve({"fs_root": root, "repository": "s3://bucket/p", key: "inf"}, {}, "/etc/site.yaml")
     assert f"'{key}'" in str(ei.value) and "/etc/site.yaml" in str(ei.value)
+
+
+def test_associations_key_is_checked_item_by_item(tmp_path):
+    from pfsxport.config import resolve
+
+    ok = resolve({"associations": [{"file_system_path": "/r", "data_repository_path": "s3://b/r/",
+                                    "events": "NEW,CHANGED"}]}, {"fs_root": str(tmp_path)}, "site.yaml",
+                 need_repository=False)
+    assert ok.associations == [("/r", "s3://b/r/", ["NEW", "CHANGED"])]
+    with pytest.raises(ConfigError, match=r"key 'associations' in site.yaml: item 0: expected file_system_path"):
+        resolve({"associations": [{"file_system_path": "/r", "bucket": "b"}]}, {"fs_root": str(tmp_path)},
+                "site.yaml", need_repository=False)

@@ -68,3 +68,19 @@ def test_fsx_shape_round_trips_and_shows_failures_only_when_misconfigured():
     assert Association.from_fsx(d).to_fsx() == d
     a.lifecycle = AssociationLifecycle.AVAILABLE
     assert "FailureDetails" not in a.to_fsx()
+
+
+def test_declared_associations_are_created_once_and_take_the_declared_policy():
+    from pfsxport.dra import declare
+
+    existing: list = []
+    added = declare(existing, "fs-0123456789abcdef0", [("/results", "s3://bkt/r", ["NEW"]), ("/ckpt/", "s3://bkt/c/", [])])
+    assert [(a.file_system_path, a.data_repository_path, a.events) for a in existing] == [
+        ("/results", "s3://bkt/r/", ["NEW"]), ("/ckpt", "s3://bkt/c/", [])]
+    assert added == existing and all(a.lifecycle.value == "AVAILABLE" for a in existing)
+    ids = [a.association_id for a in existing]
+    again = declare(existing, "fs-0123456789abcdef0", [("/results", "s3://bkt/r/", ["NEW", "DELETED"])])
+    assert [a.association_id for a in existing] == ids and again == [existing[0]]
+    assert existing[0].events == ["NEW", "DELETED"]
+    with pytest.raises(ConfigError, match="overlaps"):
+        declare(existing, "fs-0123456789abcdef0", [("/results/sub", "s3://bkt/other/", [])])
