@@ -185,6 +185,8 @@ def _prepare(cfg: ExportConfig, state: StateDir, nranks: int, fs_lock: FileLock)
     if not fs_lock.acquire(wait=False):  # auto-export is in the middle of a batch (E-18)
         log.info("waiting for auto-export to finish its current batch on %s", cfg.file_system_id)
         fs_lock.acquire(wait=True)
+    log.info("task %s on %s: %s -> %s with %d rank(s)", rec.task_id, cfg.file_system_id, cfg.fs_root,
+             cfg.repository or "its data repository associations", nranks)
     try:
         rels = task_paths(cfg.fs_root, cfg.paths)
         for rel in rels:
@@ -202,8 +204,8 @@ def _prepare(cfg: ExportConfig, state: StateDir, nranks: int, fs_lock: FileLock)
     rec.start_time = time.time()
     state.write(rec)
     for leg in legs:
-        log.info("task %s on %s: %s -> %s with %d rank(s)", rec.task_id, cfg.file_system_id, leg.fs_root,
-                 leg.repository, nranks)
+        if cfg.repository is None:
+            log.info("%s -> %s", leg.fs_root, leg.repository)
         # What a job that died made durable goes into the manifest before anything is decided.
         open_uploads = _manifest(cfg, leg.repository).merge()
         if open_uploads:

@@ -145,6 +145,7 @@ class LargeFileUnit:
     uid: int = 0
     resume: object = None  # manifest.OpenUpload
     plain: bool = False  # upload even if it is a hard link whose data was exported under another path
+    layout: object = None  # StripeLayout found by the scan (one `lfs` call per directory), if any
 
 
 @dataclass(slots=True)

@@ -137,12 +137,15 @@ class Transfer:
     # ---- walking ---------------------------------------------------------------------
 
     def route(self, entries: list[Entry]) -> list:
-        """Group entries into units: batches of small entries, one unit per large file."""
+        """Group entries into units: batches of small entries, one unit per large file
+        (with its layout, looked up for all of them in one batched `lfs` call)."""
         units: list = []
         batch: list[Entry] = []
+        large = [self.abspath(e.path) for e in entries if self.is_large(e)]
+        layouts = self.layouts.layouts(large) if len(large) > 1 else {}
         for e in entries:
             if self.is_large(e):
-                units.append(LargeFileUnit(e))
+                units.append(LargeFileUnit(e, layout=layouts.get(self.abspath(e.path))))
                 continue
             batch.append(e)
             if len(batch) >= self.opts.batch_entries:
@@ -433,7 +436,9 @@ class Transfer:
             return out
         if fresh.size <= self.opts.multipart_threshold:  # shrank since the walk
             return self.export_entry(fresh)
-        parts = plan_parts(fresh.size, self.layouts.layout(self.abspath(e.path)), self.opts.part_size)
+        layout = unit.layout if unit.layout is not None and fresh.snapshot() == e.snapshot() else \
+            self.layouts.layout(self.abspath(e.path))
+        parts = plan_parts(fresh.size, layout, self.opts.part_size)
         reused = self._reusable(unit.resume, fresh, parts, key)
         try:
             if reused is not None:
