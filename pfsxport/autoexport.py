@@ -22,6 +22,7 @@ import logging
 import os
 import signal
 import socket
+import stat as _stat
 import threading
 import time
 from dataclasses import dataclass, field
@@ -213,6 +214,7 @@ class AutoExport:
         now = time.monotonic()
         for c in changes:
             r, rel = self._runner_of(c.path)
+            ro = None
             if c.kind is ChangeKind.RENAMED and c.old_path is not None:
                 ro, old = self._runner_of(c.old_path)
                 if ro is not None and old:
@@ -222,7 +224,7 @@ class AutoExport:
                     ro.touch(_parent(old), now)  # else it left them: DELETED
             if r is None or not rel:
                 continue
-            if c.kind is ChangeKind.RENAMED and self._runner_of(c.old_path or "")[0] is not None:
+            if c.kind is ChangeKind.RENAMED and ro is not None:
                 r.renamed.add(rel)
             elif c.kind is ChangeKind.CREATED and not c.is_dir:
                 self._maybe_writing(r, rel, now)
@@ -243,8 +245,6 @@ class AutoExport:
             st = os.lstat(os.path.join(r.root, rel))
         except OSError:
             return
-        import stat as _stat
-
         if _stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
             r.writing[rel] = now
 
