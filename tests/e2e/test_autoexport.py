@@ -64,14 +64,18 @@ class Service:
         return self
 
     def status(self) -> dict:
+        """The service's status file ({} before it is first written); the directory also
+        holds the atomic writer's short-lived temporary files, which are not it."""
+        folder = os.path.join(self.state, "autoexport")
         try:
-            with open(os.path.join(self.state, "autoexport", os.listdir(os.path.join(self.state, "autoexport"))[0])) as f:
+            (name,) = [n for n in os.listdir(folder) if n.endswith(".json")]
+            with open(os.path.join(folder, name)) as f:
                 return json.load(f)
-        except (OSError, IndexError, ValueError):
+        except (OSError, ValueError):
             return {}
 
     def stats(self, aid: str) -> dict:
-        return self.status()["Associations"][aid]
+        return eventually(lambda: self.status().get("Associations", {}).get(aid), 10, "the status file")
 
     def events(self) -> list[dict]:
         path = os.path.join(self.state, "logs")
