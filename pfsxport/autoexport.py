@@ -349,8 +349,8 @@ class AutoExport:
                             delta=delta, events=frozenset(a.events), hold=self._held(r),
                             renamed=lambda p: _under(p, renamed), passed=r.passed)
         rows: list[ReportRow] = []
-        scheduler = Scheduler(units, rows.extend, 1)
         t = self.cfg.transfer
+        scheduler = Scheduler(units, rows.extend, 1, reads_per_ost=t.reads_per_ost)
         run_work(SOLO, scheduler, threading.Lock(),
                  lambda ch: Worker(transfer, ch, t.concurrency, t.parts_in_flight, delta.flush), STOP)
         delta.close()

@@ -28,6 +28,7 @@ EXPORT_FLAGS = {
     "max_object_size": "s3.max_object_size", "part_size": "transfer.part_size",
     "multipart_threshold": "transfer.multipart_threshold", "stripe_size": "transfer.stripe_size",
     "concurrency": "transfer.concurrency", "parts_in_flight": "transfer.parts_in_flight",
+    "reads_per_ost": "transfer.reads_per_ost",
     "lfs": "transfer.lfs", "progress": "progress.mode", "progress_interval": "progress.interval",
     "file_system_id": "file_system_id", "full": "full", "delete": "delete",
 }
@@ -59,6 +60,7 @@ def _export_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stripe-size", help="stripe size when `lfs` is not available (default 1MiB)")
     p.add_argument("--concurrency", help="small-file requests in flight per rank (default 32)")
     p.add_argument("--parts-in-flight", help="multipart parts in flight per rank (default 8)")
+    p.add_argument("--reads-per-ost", help="part reads in flight per Lustre OST over all ranks (default 8; 0: no cap)")
     p.add_argument("--lfs", help="path of `lfs`, 'auto' (PATH) or 'off'")
     p.add_argument("--progress", choices=["auto", "bar", "log", "off"])
     p.add_argument("--progress-interval", help="seconds between progress lines (default 10)")

@@ -40,6 +40,7 @@ class TransferSettings:
     stripe_size: int = 1 * MiB
     concurrency: int = 32
     parts_in_flight: int = 8
+    reads_per_ost: int = 8  # part reads in flight per OST, job-wide (0: no cap)
     batch_entries: int = 64
     busy_retries: int = 3
     lfs: str = "auto"
@@ -206,6 +207,7 @@ SCHEMA: dict[str, Callable[[Any], Any]] = {
     "transfer.stripe_size": _size(64 * 1024, S3_MAX_PART),
     "transfer.concurrency": _int(1, 1024),
     "transfer.parts_in_flight": _int(1, 256),
+    "transfer.reads_per_ost": _int(0, 4096),
     "transfer.batch_entries": _int(1, 100_000),
     "transfer.busy_retries": _int(0, 100),
     "transfer.lfs": _str,

@@ -6,7 +6,9 @@ ends in exactly one FinishUnit (complete or abort), so none is left open when it
 
 Order of work: finishing uploads first, then their parts (few open uploads at a time),
 then small-entry batches, then directory scans (a stack: depth first keeps it small);
-scans go first while batches are scarce, so the walk keeps every rank fed.
+scans go first while batches are scarce, so the walk keeps every rank fed. Parts are handed
+out by the OSTs they read from: the least busy OSTs first, and never more than
+`reads_per_ost` part reads in flight on one OST across the job.
 """
 from __future__ import annotations
 
@@ -51,6 +53,67 @@ class _Upload:
         return self.changed or self.error is not None
 
 
+class _PartQueue:
+    """Queued parts grouped by the OSTs they read from, and the part reads in flight per OST.
+
+    take() gives the part whose busiest OST has the fewest reads in flight, oldest first among
+    equals (so uploads finish in the order they started), and never one that would put an OST
+    over `cap` (0: no cap). Parts of files with no known layout are never held back."""
+
+    def __init__(self, cap: int):
+        self.cap = cap
+        self.queues: dict[tuple[int, ...], deque[PartUnit]] = {}
+        self.reads: dict[int, int] = {}  # OST -> part reads in flight
+        self.inflight: dict[int, tuple[int, ...]] = {}  # uid of a part handed out -> its OSTs
+        self._len = 0
+
+    def __len__(self) -> int:
+        return self._len
+
+    def append(self, p: PartUnit) -> None:
+        self.queues.setdefault(p.part.osts, deque()).append(p)
+        self._len += 1
+
+    def _load(self, osts: tuple[int, ...]) -> int:
+        return max((self.reads.get(o, 0) for o in osts), default=-1)
+
+    def take(self, dropped: Callable[[PartUnit], bool]) -> PartUnit | None:
+        """The next part to read (now counted in flight), or None; queued parts for which
+        `dropped(part)` is true are removed on the way."""
+        best: deque[PartUnit] | None = None
+        best_key = (0, 0)
+        for osts, q in list(self.queues.items()):
+            while q and dropped(q[0]):
+                q.popleft()
+                self._len -= 1
+            if not q:
+                del self.queues[osts]
+                continue
+            load = self._load(osts)
+            if osts and self.cap and load >= self.cap:
+                continue
+            if best is None or (load, q[0].uid) < best_key:
+                best, best_key = q, (load, q[0].uid)
+        if best is None:
+            return None
+        p = best.popleft()
+        self._len -= 1
+        if not best:
+            del self.queues[p.part.osts]
+        if p.part.osts:
+            self.inflight[p.uid] = p.part.osts
+            for o in p.part.osts:
+                self.reads[o] = self.reads.get(o, 0) + 1
+        return p
+
+    def returned(self, uid: int) -> None:
+        """A unit came back: if it was a part read, its OSTs have one read less in flight."""
+        for o in self.inflight.pop(uid, ()):
+            self.reads[o] -= 1
+            if not self.reads[o]:
+                del self.reads[o]
+
+
 @dataclass(slots=True)
 class _Inode:
     """A multiply-linked file: its data goes up once under `primary`; the other link paths
@@ -78,13 +141,14 @@ class Progress:
 
 class Scheduler:
     def __init__(self, roots: list, sink: Callable[[list[ReportRow]], None], nranks: int,
-                 max_open_uploads: int | None = None, resumable: dict | None = None):
+                 max_open_uploads: int | None = None, resumable: dict | None = None, reads_per_ost: int = 0):
         self.sink = sink
         self.resumable = dict(resumable or {})  # path -> manifest.OpenUpload left by a dead job
         self.nranks = nranks
         self.max_open_uploads = max_open_uploads or max(4, 2 * nranks)
         self.finish: deque[FinishUnit] = deque()
-        self.parts: deque[PartUnit] = deque()
+        self.parts = _PartQueue(reads_per_ost)
+        self.opening: set[int] = set()  # uids of LargeFileUnits handed out, upload not yet known
         self.large: deque[LargeFileUnit] = deque()
         self.batches: deque[BatchUnit] = deque()
         self.dirs: list[DirUnit] = []
@@ -191,6 +255,8 @@ class Scheduler:
 
     def _absorb(self, o: UnitOutcome) -> None:
         self.outstanding.pop(o.uid, None)
+        self.opening.discard(o.uid)
+        self.parts.returned(o.uid)
         if o.rows:
             for r in o.rows:
                 if r.path in self.primaries:
@@ -261,24 +327,24 @@ class Scheduler:
 
     # ---- hand-out --------------------------------------------------------------------
 
-    def _take_part(self) -> PartUnit | None:
-        """Next part whose upload is still healthy; parts of a broken upload are dropped."""
-        while self.parts:
-            p = self.parts.popleft()
-            up = self.uploads.get(p.upload_id)
-            if up is not None and up.broken:
-                self._part_done(PartDone(p.upload_id, p.part.number, length=p.part.length, changed=up.changed,
-                                         error_code="dropped" if not up.changed else ""))
-                continue
-            return p
-        return None
+    def _dropped(self, p: PartUnit) -> bool:
+        """Parts of a broken upload are not read: they count as done, dropped."""
+        up = self.uploads.get(p.upload_id)
+        if up is None or not up.broken:
+            return False
+        self._part_done(PartDone(p.upload_id, p.part.number, length=p.part.length, changed=up.changed,
+                                 error_code="dropped" if not up.changed else ""))
+        return True
 
     def _take_heavy(self):
-        p = self._take_part()
+        p = self.parts.take(self._dropped)
         if p is not None:
             return p
-        if self.large and len(self.uploads) < self.max_open_uploads:
-            return self.large.popleft()
+        # an upload counts as open from the moment its LargeFileUnit is handed out
+        if self.large and len(self.uploads) + len(self.opening) < self.max_open_uploads:
+            u = self.large.popleft()
+            self.opening.add(u.uid)
+            return u
         return None
 
     def _take_light(self):

@@ -230,6 +230,66 @@ def test_max_open_uploads_limits_large_files():
     assert [type(u) for u in got] == [LargeFileUnit] and got[0].entry.path == "b"
 
 
+def test_max_open_uploads_holds_within_one_request():
+    s, _ = make([LargeFileUnit(fentry(f"f{i}")) for i in range(10)], max_open_uploads=3)
+    got = s.exchange(0, [], 0, 10)
+    assert [u.entry.path for u in got] == ["f0", "f1", "f2"], "an upload is open once its file is handed out"
+    assert s.exchange(1, [], 0, 10) is WAIT
+    # a start that opened no upload (e.g. the file went small) frees its slot
+    [nxt] = s.exchange(0, [UnitOutcome(got[0].uid)], 0, 10)
+    assert nxt.entry.path == "f3"
+
+
+def two_single_stripe_files(cap: int, osts_a=0, osts_b=1, nparts=4):
+    """Files a (every part on OST osts_a) and b (on osts_b), both uploads started."""
+    s, _ = make([LargeFileUnit(fentry("a")), LargeFileUnit(fentry("b"))], reads_per_ost=cap)
+    a, b = s.exchange(0, [], 0, 2)
+    s.exchange(0, [UnitOutcome(a.uid, started=[started("upA", fentry("a"), nparts, [osts_a] * nparts)]),
+                   UnitOutcome(b.uid, started=[started("upB", fentry("b"), nparts, [osts_b] * nparts)])], 0, 0)
+    return s
+
+
+def test_parts_spread_over_osts_and_capped_per_ost():
+    s = two_single_stripe_files(cap=2)
+    got = s.exchange(0, [], 0, 10)
+    assert [(u.upload_id, u.part.number) for u in got] == [("upA", 1), ("upB", 1), ("upA", 2), ("upB", 2)], \
+        "the least busy OST first, and at most 2 reads in flight on each"
+    assert s.exchange(1, [], 0, 10) is WAIT, "parts are queued but both OSTs are at their cap"
+    [nxt] = s.exchange(0, [done(got[1])], 0, 10)
+    assert (nxt.upload_id, nxt.part.number) == ("upB", 3), "a read coming back frees its OST only"
+
+
+def test_parts_on_one_ost_wait_for_the_cap_and_all_finish():
+    s = two_single_stripe_files(cap=1, osts_a=5, osts_b=5)
+    order = []
+    given = s.exchange(0, [], 0, 10)
+    while given is not STOP:
+        assert given is not WAIT and sum(isinstance(u, PartUnit) for u in given) <= 1, "one read at a time on OST 5"
+        order += [type(u).__name__ for u in given]
+        given = s.exchange(0, [done(u) if isinstance(u, PartUnit) else UnitOutcome(u.uid) for u in given], 1, 10)
+    assert order.count("PartUnit") == 8 and order.count("FinishUnit") == 2
+
+
+def test_parts_without_a_layout_are_not_capped():
+    s, _ = make([LargeFileUnit(fentry())], reads_per_ost=1)
+    [lfu] = s.exchange(0, [], 0, 1)
+    got = s.exchange(0, [UnitOutcome(lfu.uid, started=[started(nparts=5)])], 0, 10)
+    assert [u.part.number for u in got] == [1, 2, 3, 4, 5]
+
+
+def test_a_part_reading_several_osts_counts_on_each():
+    s, _ = make([LargeFileUnit(fentry("a")), LargeFileUnit(fentry("b"))], reads_per_ost=1)
+    a, b = s.exchange(0, [], 0, 2)
+    wide = UploadStarted("upA", "prefix/a", fentry("a"), [Part(1, 0, 16 * MiB, (1, 2)), Part(2, 16 * MiB, 16 * MiB, (1, 2))],
+                         attempt=0, started=0.0)
+    s.exchange(0, [UnitOutcome(a.uid, started=[wide]),
+                   UnitOutcome(b.uid, started=[started("upB", fentry("b"), 2, [2, 2])])], 0, 0)
+    got = s.exchange(0, [], 0, 10)
+    assert [(u.upload_id, u.part.number) for u in got] == [("upA", 1)], "OST 2 is busy: b's part 1 waits too"
+    got = s.exchange(0, [done(got[0])], 0, 10)
+    assert [(u.upload_id, u.part.number) for u in got] == [("upA", 2)]
+
+
 def test_finish_units_go_before_other_light_work():
     s, _ = make([LargeFileUnit(fentry())] + [BatchUnit([fentry(str(i), 1)]) for i in range(3)])
     [lfu] = s.exchange(0, [], 0, 1)
