@@ -46,7 +46,7 @@ What it does, on ONE SeaweedFS (pfsxport.localstore.SeaweedFS, started in a temp
      scan_dir, Reader.directory, Transfer.changed, _finish/write_h5/_upload_report, ...): median wall and
      thread-CPU seconds per rank;
    - per-entry costs: the pieces of a no-change scan run in one thread in this process (find's C lstat
-     walk, Python scandir + lstat, pfsxport's scan_dir, Reader.directory, Transfer.changed, and a lean
+     walk, Python scandir + lstat, pfsxport's scan_dir, Reader.directory, Transfer.scan, and a lean
      bytes/stat-tuple variant), in microseconds per entry;
    - profiles of one no-change re-export each (sampling slows imports a lot, so the phases above are
      the figures to quote; the profiles tell which functions):
@@ -495,12 +495,11 @@ def phases(ctx, root: str, bucket: str, state: str, ranks_list: list[int], tag: 
 def entry_costs(root: str, state: str, repeat: int = 3) -> dict:
     """Single-thread cost per entry of the pieces of a no-change scan, best of `repeat`, warm caches:
     the C floor (find's lstat walk), Python's scandir + lstat, pfsxport's scan_dir (adds sorting and an
-    Entry per child), Reader.directory (manifest read per directory), Transfer.changed (compare), and a
+    Entry per child), Reader.directory (manifest read per directory), Transfer.scan (both and the compare), and a
     lean variant of the whole per-directory check (bytes names, stat tuples compared to the manifest's
     rows directly, no Entry objects) that shows what the Python per-entry floor is."""
-    from types import SimpleNamespace
-
     from pfsxport.manifest import Reader
+    from pfsxport.model import DirUnit
     from pfsxport.transfer import Transfer
     from pfsxport.walk import scan_dir
 
@@ -536,28 +535,25 @@ def entry_costs(root: str, state: str, repeat: int = 3) -> dict:
                 for d in it:
                     d.stat(follow_symlinks=False)
     res["python scandir + lstat"] = best(py_lstat)
-    scans: dict = {}
-
     def pf_scan():
         for r in rels:
-            scans[r] = scan_dir(root, r).entries
+            scan_dir(root, r)
     res["pfsxport scan_dir"] = best(pf_scan)
     reader = Reader(db)
-    prevs: dict = {}
 
     def pf_dir():
         for r in rels:
-            prevs[r] = reader.directory(r)
+            reader.directory(r)
     res["pfsxport Reader.directory"] = best(pf_dir)
-    fake = SimpleNamespace(full=False)
+    transfer = Transfer(root, None, None, None, None, manifest=reader)
     changed_n = [0]
 
-    def pf_changed():
+    def pf_whole():
         n = 0
         for r in rels:
-            n += len(Transfer.changed(fake, scans[r], dict(prevs[r]))[0])
-        changed_n[0] = n
-    res["pfsxport Transfer.changed (incl. dict copy)"] = best(pf_changed)
+            n += len(transfer.scan(DirUnit(r)).units)
+        changed_n[0] = n - len(rels) + 1  # every subdirectory comes back as a scan unit
+    res["pfsxport Transfer.scan (scan_dir + Reader.directory + compare)"] = best(pf_whole)
     res["pfsxport changed entries (must be 0)"] = changed_n[0]
     reader.close()
     con = sqlite3.connect(f"file:{db}?mode=ro&immutable=1", uri=True)

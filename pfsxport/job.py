@@ -23,9 +23,11 @@ from .manifest import Manifest, manifest_dir
 from .metadata import S3Url, parse_s3_url, printable
 from .model import DirUnit, Entry, EntryKind, ReportRow, RowStatus
 from .report import FAILURES, REPORT_CSV, REPORT_H5, ReportWriter
+from .report import preload as report_preload
 from .schedule import STOP, Scheduler
 from .state import FileLock, StateDir, TaskRecord, new_task_id
 from .store import Capabilities, S3Store
+from .store import preload as store_preload
 from .transfer import TASK_EVENTS, Transfer, TransferOptions
 from .walk import lstat_entry
 from .worker import Worker
@@ -331,7 +333,11 @@ def export(world, cfg: ExportConfig) -> ExitCode:
     """Collective: run one export task on every rank of `world`; returns the exit code."""
     state = StateDir(cfg.state_dir)
     fs_lock = state.fs_lock(cfg.file_system_id)  # held by rank 0 for the whole task
-    setup = _prepare(cfg, state, world.size, fs_lock) if world.rank == 0 else None
+    if world.rank == 0:
+        setup = _prepare(cfg, state, world.size, fs_lock)
+    else:
+        setup = None
+        store_preload(cfg.s3)  # while rank 0 prepares the task, not after
     setup = world.bcast(setup)
     if isinstance(setup, Stop):
         fs_lock.release()
@@ -342,11 +348,13 @@ def export(world, cfg: ExportConfig) -> ExitCode:
         rec = state.read(setup.task_id)
         writer = ReportWriter(state.task_dir(setup.task_id))
         writer.add(setup.outside)
-        scheduler = Scheduler([], writer.add, world.size)
+        scheduler = Scheduler([], writer.add, world.size, reads_per_ost=cfg.transfer.reads_per_ost)
         scheduler.skipped = len(setup.outside)
         scheduler.discovered = sum(1 for leg in setup.legs for e in leg.roots if e.path) + len(setup.outside)
         monitor = Monitor(cfg, state, rec, scheduler, lock)
         monitor.start()
+        # the report's import runs beside the walk, where other ranks take up the slack, not at the end
+        threading.Thread(target=report_preload, name="pfsxport-preload", daemon=True).start()
     for leg in setup.legs:
         _run_leg(world, cfg, setup.task_id, leg, scheduler, lock)
     code = None

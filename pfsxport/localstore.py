@@ -73,9 +73,10 @@ class SeaweedFS:
                 {"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
                 "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}, f)
         ports = dict(zip(_PORTS, free_ports(len(_PORTS))))
+        # every bucket is a collection that takes 7 volumes at its first write: room for ~280
         cmd = [find_weed(), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                f"-dir={os.path.join(self.workdir, 'data')}", "-s3", f"-s3.config={auth}",
-               "-volume.max=300", "-master.volumeSizeLimitMB=1024", "-master.telemetry=false",
+               "-volume.max=2000", "-master.volumeSizeLimitMB=1024", "-master.telemetry=false",
                "-iam=false", "-webdav=false", "-mq.broker=false", "-mq.agent=false", "-sftp=false",
                "-metricsPort=0", "-s3.port.iceberg=0", "-s3.port.lance=0"] + [f"-{k}={v}" for k, v in ports.items()]
         self.log_path = os.path.join(self.workdir, "seaweedfs.log")

@@ -52,7 +52,7 @@ class World:
         delay = 0.0005
         while not req.Test():
             time.sleep(delay)
-            delay = min(delay * 2, 0.02)
+            delay = min(delay * 2, 0.002)  # a late wake-up delays every rank
         return then()
 
     def abort(self, code: int) -> None:

@@ -41,6 +41,40 @@ def crc32_b64(crc: int) -> str:
     return base64.b64encode(crc.to_bytes(4, "big")).decode("ascii")
 
 
+def preload(settings: S3Settings) -> None:
+    """Import what an S3Store for these settings needs at its start (botocore: ~0.15 s of
+    CPU, unless the credentials come from the environment), e.g. while a rank waits."""
+    import urllib3  # noqa: F401
+
+    if _env_credentials(settings) is None or not (settings.region or os.environ.get("AWS_DEFAULT_REGION")):
+        import botocore.session  # noqa: F401
+
+
+@dataclass(frozen=True, slots=True)
+class _EnvCredentials:
+    """Static keys from the environment, shaped like botocore's frozen credentials."""
+
+    access_key: str
+    secret_key: str
+    token: str | None
+
+    def get_frozen_credentials(self) -> "_EnvCredentials":
+        return self
+
+
+def _env_credentials(settings: S3Settings) -> _EnvCredentials | None:
+    """The credentials botocore's chain would take from the environment, without importing
+    it: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (+ AWS_SESSION_TOKEN) are first in that
+    chain unless a profile is named explicitly. Keys with an expiry are left to botocore."""
+    env = os.environ
+    if settings.profile or env.get("AWS_CREDENTIAL_EXPIRATION"):
+        return None
+    access, secret = env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY")
+    if not (access and secret):
+        return None
+    return _EnvCredentials(access, secret, env.get("AWS_SESSION_TOKEN") or env.get("AWS_SECURITY_TOKEN") or None)
+
+
 @dataclass(frozen=True, slots=True)
 class Capabilities:
     """What the store accepts, found by one probe per task on rank 0."""
@@ -54,16 +88,16 @@ class S3Store:
     """One bucket on one endpoint. Thread-safe: one botocore client, a pooled connection set."""
 
     def __init__(self, bucket: str, settings: S3Settings, *, pool: int = 64):
-        import botocore.session  # not boto3: its import and resource models cost start-up time
-
         self.bucket = bucket
         self.settings = settings
         self.checksum = False  # set from the probe by the job
         self.pool = pool
-        self.session = botocore.session.Session(profile=settings.profile)
-        self.region = settings.region or self.session.get_config_variable("region") or "us-east-1"
+        self._session = None
         self._client = None
         self._client_lock = threading.Lock()
+        # botocore's order: the setting, AWS_DEFAULT_REGION, then the profile's config
+        self.region = settings.region or os.environ.get("AWS_DEFAULT_REGION") or \
+            self.session.get_config_variable("region") or "us-east-1"
         self._tls = threading.local()
         # Single PUTs, HEADs and DELETEs (most requests of an export, all of a no-change
         # one) skip botocore's per-request machinery: ~0.5 ms of client CPU per PUT instead
@@ -71,8 +105,21 @@ class S3Store:
         self.fast = _Signed.for_store(self)
 
     @property
+    def session(self):
+        """The botocore session, made on first use: a store whose credentials, region and
+        endpoint all come from the environment or the settings never imports botocore
+        unless it needs its client."""
+        with self._client_lock:
+            if self._session is None:
+                import botocore.session  # not boto3: its import and resource models cost start-up time
+
+                self._session = botocore.session.Session(profile=self.settings.profile)
+            return self._session
+
+    @property
     def client(self):
         """The botocore client, built on first use (multipart, listing, copy, ...)."""
+        session = self.session
         with self._client_lock:
             if self._client is None:
                 import botocore.config
@@ -91,7 +138,7 @@ class S3Store:
                     request_checksum_calculation="when_required",
                     response_checksum_validation="when_required",
                 )
-                self._client = self.session.create_client("s3", endpoint_url=s.endpoint_url, config=cfg)
+                self._client = session.create_client("s3", endpoint_url=s.endpoint_url, config=cfg)
             return self._client
 
     def endpoint_url(self) -> str | None:
@@ -358,8 +405,9 @@ class _Signed:
     """Requests signed here (AWS Signature V4) and sent on a urllib3 connection pool:
     PutObject, HeadBucket, HeadObject, DeleteObject.
 
-    Used only where it behaves exactly like the botocore path: credentials from the same
-    session (refreshed per request), the same endpoint and region, no proxy in the
+    Used only where it behaves exactly like the botocore path: the credentials botocore's
+    chain gives (the environment's keys, or the session's, refreshed per request), the
+    same endpoint and region, no proxy in the
     environment. Path-style URLs unless virtual-host style is asked for or the endpoint is
     AWS's own (as botocore does with 'auto')."""
 
@@ -379,7 +427,7 @@ class _Signed:
         import urllib3
 
         url = store.endpoint_url()
-        creds = store.session.get_credentials()
+        creds = _env_credentials(store.settings) or store.session.get_credentials()
         if url is None or creds is None:
             return None
         endpoint = urllib.parse.urlsplit(url)
