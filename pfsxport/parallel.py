@@ -2,8 +2,9 @@
 
 Owns mpi4py (the only module that imports it). Rank 0 runs the scheduler: for its own
 worker through a direct, locked call; for the other ranks through a service thread that
-answers requests. Waits poll with short sleeps instead of blocking MPI calls, which in
-MPICH spin a core that the file system client and the S3 connections need.
+answers requests, which those ranks' workers poll for while they go on working. Waits poll
+with short sleeps instead of blocking MPI calls, which in MPICH spin a core that the file
+system client and the S3 connections need.
 """
 from __future__ import annotations
 
@@ -73,26 +74,34 @@ SOLO = _Solo()
 
 
 class _LocalChannel:
+    """Rank 0's own worker: the scheduler is called directly, so the reply is there at once."""
+
     def __init__(self, scheduler, lock: threading.Lock):
         self.scheduler = scheduler
         self.lock = lock
+        self._reply = None
 
-    def exchange(self, outcomes, want_light, want_heavy):
+    def post(self, outcomes, want_light, want_heavy) -> None:
         with self.lock:
-            return self.scheduler.serve(0, outcomes, want_light, want_heavy)
+            self._reply = self.scheduler.serve(0, outcomes, want_light, want_heavy)
+
+    def poll(self):
+        reply, self._reply = self._reply, None
+        return reply
 
 
 class _MpiChannel:
+    """Another rank's worker: a request goes to rank 0's service thread, and the worker keeps
+    running its units until the reply is there (a blocking round trip idled it ~8 ms each)."""
+
     def __init__(self, world: World):
         self.comm = world.comm
 
-    def exchange(self, outcomes, want_light, want_heavy):
+    def post(self, outcomes, want_light, want_heavy) -> None:
         self.comm.send((outcomes, want_light, want_heavy), dest=0, tag=_REQ)
-        delay = 0.0
-        while not self.comm.iprobe(source=0, tag=_REP):
-            time.sleep(delay)
-            delay = min(delay * 2 or 0.0001, 0.002)
-        return self.comm.recv(source=0, tag=_REP)
+
+    def poll(self):
+        return self.comm.recv(source=0, tag=_REP) if self.comm.iprobe(source=0, tag=_REP) else None
 
 
 def _serve(world: World, scheduler, lock: threading.Lock, stop_signal, failed: list) -> None:

@@ -1,5 +1,6 @@
 """One rank's work loop: pull units through a channel, run them in a bounded thread pool,
-push outcomes back. Local: no MPI (the channel hides where the scheduler is).
+push outcomes back, one request out at a time, working on while it is answered. Local: no MPI
+(the channel hides where the scheduler is).
 
 Three budgets: light tasks (directories, symlinks, small files: many in flight, they wait
 on the network), heavy tasks (multipart starts and parts: each holds a part in memory, so
@@ -26,8 +27,11 @@ SCANS = 4
 
 
 class Channel(Protocol):
-    def exchange(self, outcomes: list[UnitOutcome], want_light: int, want_heavy: int):
-        """-> (units | STOP | WAIT, canceled)"""
+    def post(self, outcomes: list[UnitOutcome], want_light: int, want_heavy: int) -> None:
+        """Send outcomes and ask for units; one request at a time."""
+
+    def poll(self):
+        """The reply to the request posted, (units | STOP | WAIT, canceled), or None if not yet."""
 
 
 class Worker:
@@ -63,8 +67,8 @@ class Worker:
         running = {"light": 0, "heavy": 0, "scan": 0}
         partial: dict[int, list] = {}  # uid -> [tasks left, merged outcome]
         outbox: list[UnitOutcome] = []
-        urgent = False
-        backoff = 0.0
+        urgent = asked = False  # asked: a request is out and its reply not yet in
+        backoff = wait_reply = 0.0
         last = 0.0
         with ThreadPoolExecutor(max_workers=C + P, thread_name_prefix="pfsxport") as pool:
             while True:
@@ -80,10 +84,14 @@ class Worker:
                 now = time.monotonic()
                 flush = urgent or len(outbox) >= 64 or (outbox and now - last >= 0.05)
                 hungry = (want_light > 0 or want_heavy > 0) and now - last >= backoff
-                if flush or hungry:
+                if not asked and (flush or hungry):
                     self.before_exchange()
-                    reply, canceled = self.channel.exchange(outbox, max(0, want_light), want_heavy)
-                    outbox, urgent, last = [], False, time.monotonic()
+                    self.channel.post(outbox, max(0, want_light), want_heavy)
+                    outbox, urgent, last, asked, wait_reply = [], False, now, True, 0.0
+                got = self.channel.poll() if asked else None
+                if got is not None:
+                    asked, last = False, time.monotonic()
+                    reply, canceled = got
                     if canceled:  # queued entries are not started (T-7); open uploads go on
                         for q in (light, heavy, scans):
                             kept = [t for t in q if not t[2]]
@@ -110,8 +118,13 @@ class Worker:
                             q.extend((unit.uid, t, droppable) for t in tasks)
                         continue
                 busy = running["light"] + running["heavy"] + running["scan"]
+                if asked:  # look for the reply again soon, more rarely the longer it takes
+                    wait_reply = min(wait_reply * 2 or 0.0001, 0.002)
+                    timeout = wait_reply
+                else:
+                    timeout = 0.005 if busy else max(backoff, 0.001)
                 try:
-                    item = done.get(timeout=0.005 if busy else max(backoff, 0.001))
+                    item = done.get(timeout=timeout)
                 except queue.Empty:
                     continue
                 while True:
