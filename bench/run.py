@@ -39,6 +39,8 @@ What it does:
 5. Prints a Markdown table (median wall with min-max, files/s and MB/s at the median wall, client CPU ms per
    file summed over ranks and for the whole tree, server CPU s, peak RSS per rank) and the ratios
    pfsxport / s5cmd (files/s for A, MB/s for B and C; ratio of medians and range of same-repeat pairs),
+   and for B and C the share of the server's ceiling measured in the same run (the data's bytes over the
+   server's lowest CPU seconds for them, spread over all cores: the rate of a client that costs nothing),
    with the machine in words; writes table.md, raw.json and every run's logs to --out/<timestamp>/.
    `--render OUT/STAMP/raw.json` prints that report again without running anything.
 6. Never asserts a speed. Exits 1 if any tool run failed (non-zero exit, timeout) or any bucket check
@@ -419,6 +421,16 @@ def summarize(runs: list[dict], specs: dict) -> list[dict]:
     return rows
 
 
+def server_ceiling(runs: list[dict], ds: str, nbytes: int) -> float | None:
+    """MB/s the server would reach with every core to itself and a client that costs nothing:
+    the dataset's bytes over the server's lowest CPU seconds for them in this run (any tool),
+    divided among the machine's cores."""
+    cpu = [r["server_cpu_s"] for r in runs if r["dataset"] == ds and r["rc"] == 0 and r["server_cpu_s"] > 0]
+    if not cpu:
+        return None
+    return nbytes / 1e6 / (min(cpu) / (os.cpu_count() or 1))
+
+
 def ratio_lines(rows: list[dict], runs: list[dict], specs: dict) -> list[str]:
     out = []
     for ds in sorted({r["dataset"] for r in rows}):
@@ -446,6 +458,10 @@ def ratio_lines(rows: list[dict], runs: list[dict], specs: dict) -> list[str]:
             if ds in ("B", "C"):
                 line += (f"; server CPU {row['server_cpu_s'] / (nbytes / 2**30):.1f} s/GiB "
                          f"(s5cmd run {peer['server_cpu_s'] / (nbytes / 2**30):.1f})")
+                ceiling = server_ceiling(runs, ds, nbytes)
+                if ceiling:
+                    line += (f"; {row['mb_per_s'] / ceiling:.0%} of the server's ceiling, {ceiling:,.0f} MB/s "
+                             f"(target ≥ 90%)")
             else:
                 line += (f"; server CPU {row['server_cpu_s'] * 1000 / specs[ds]['files']:.2f} ms/file "
                          f"(s5cmd run {peer['server_cpu_s'] * 1000 / specs[ds]['files']:.2f})")
