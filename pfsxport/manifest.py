@@ -86,6 +86,39 @@ class Reader:
                           (os.fsencode(path),))
         return {r[0]: r[1:] for r in rows}
 
+    def entries(self, path: str, names: list[bytes]) -> dict[bytes, Rec]:
+        """{child byte name: rec} of those of `names` exported under directory `path`."""
+        if not self.exists:
+            return {}
+        d = os.fsencode(path)
+        out: dict[bytes, Rec] = {}
+        for i in range(0, len(names), 500):  # within any SQLite's limit on parameters
+            chunk = names[i:i + 500]
+            rows = self._rows("SELECT name, size, mtime, ctime, mode, uid, gid, ino FROM entries WHERE dir = ? AND "
+                              f"name IN ({','.join('?' * len(chunk))})", (d, *chunk))
+            out.update((r[0], r[1:]) for r in rows)
+        return out
+
+    def count_children(self, path: str) -> int:
+        """How many entries were exported under directory `path`."""
+        if not self.exists:
+            return 0
+        return self._rows("SELECT COUNT(*) FROM entries WHERE dir = ?", (os.fsencode(path),))[0][0]
+
+    def pages(self, path: str, batch: int = 10000) -> Iterator[list[tuple[bytes, Rec]]]:
+        """(child byte name, rec) of everything exported under directory `path`, a page at
+        a time (a directory may hold millions)."""
+        if not self.exists:
+            return
+        d, last = os.fsencode(path), b""
+        while True:
+            rows = self._rows("SELECT name, size, mtime, ctime, mode, uid, gid, ino FROM entries WHERE dir = ? "
+                              "AND name > ? ORDER BY name LIMIT ?", (d, last, batch))
+            if not rows:
+                return
+            last = rows[-1][0]
+            yield [(r[0], r[1:]) for r in rows]
+
     def subtree(self, path: str, batch: int = 1000) -> Iterator[list[tuple[str, int]]]:
         """(path, mode) of everything exported at or below `path`, a page at a time (a
         renamed directory may hold millions of entries)."""

@@ -8,6 +8,7 @@ version of the file (stat before and after each read, and before completing).
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import os
 import stat as _stat
@@ -157,7 +158,11 @@ class Transfer:
 
     def scan(self, unit: DirUnit) -> UnitOutcome:
         """List one directory; new and changed children become units, every subdirectory a
-        scan. Unchanged children cost an lstat and a tuple comparison, nothing more."""
+        scan. Unchanged children cost an lstat and a tuple comparison, nothing more.
+
+        A directory larger than one scan piece is compared a piece at a time against just
+        that piece's manifest records, so what it holds does not grow with the directory
+        beyond its changed entries."""
         res = scan_dir(self.fs_root, unit.path, self.skip)
         out = UnitOutcome(unit.uid)
         if res.error is not None:
@@ -166,12 +171,40 @@ class Transfer:
                                           RowStatus.FAILED, ErrorCode.LOCAL_READ_ERROR,
                                           message=f"cannot list directory: {res.error.strerror}"))
             return out
-        previous = self.manifest.directory(unit.path) if self.manifest else {}
-        prefix = unit.path + "/" if unit.path else ""
         changed: list[Entry] = []
         dirs: list[DirUnit] = []
+        if res.more is None:
+            gone = self.manifest.directory(unit.path) if self.manifest else {}
+            unchanged = self._compare(unit, res.items, gone, changed, dirs)
+            count = len(res.items)
+        else:
+            unchanged = count = matched = 0
+            for items in itertools.chain([res.items], res.more):
+                previous = self.manifest.entries(unit.path, [name for name, _ in items]) if self.manifest else {}
+                matched += len(previous)
+                unchanged += self._compare(unit, items, previous, changed, dirs)
+                count += len(items)
+            gone = {}
+            # records the scan did not match are entries gone since (or, rarely, gone during
+            # the scan): found by paging the records, only where a gone entry can mean a delete
+            if self.manifest and (self.passed is not None or "DELETED" in self.events) and \
+                    self.manifest.count_children(unit.path) > matched:
+                base = os.fsencode(self.abspath(unit.path))
+                for page in self.manifest.pages(unit.path):
+                    gone.update((name, rec) for name, rec in page if not os.path.lexists(os.path.join(base, name)))
+        out.units = self.route(changed) + dirs
+        if gone:  # what is left of the manifest's records is gone from the directory
+            out.units += self.deletions(unit.path, gone)
+        out.discovered = Discovered(count, sum(e.size for e in changed if e.kind is EntryKind.FILE), unchanged)
+        return out
+
+    def _compare(self, unit: DirUnit, items, previous: dict, changed: list[Entry], dirs: list[DirUnit]) -> int:
+        """Sort a directory's children (or a piece of them) into changed entries and
+        subdirectory scans; pops each seen name from `previous`; returns how many were
+        unchanged."""
+        prefix = unit.path + "/" if unit.path else ""
         unchanged = 0
-        for name, st in res.items:
+        for name, st in items:
             before = previous.pop(name, None)
             mode = st.st_mode
             if _stat.S_ISDIR(mode) and (before is None or not unit.shallow):
@@ -185,12 +218,7 @@ class Transfer:
                 continue  # left alone by the policy before, and unchanged since
             if self._wanted(e, before is None):
                 changed.append(e)
-        out.units = self.route(changed) + dirs
-        if previous:  # what is left of `previous` is gone from the directory
-            out.units += self.deletions(unit.path, previous)
-        out.discovered = Discovered(len(res.items), sum(e.size for e in changed if e.kind is EntryKind.FILE),
-                                    unchanged)
-        return out
+        return unchanged
 
     def _wanted(self, e: Entry, new: bool) -> bool:
         """Whether the policy exports this new or changed entry now."""

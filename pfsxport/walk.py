@@ -8,17 +8,22 @@ from __future__ import annotations
 import errno
 import os
 from dataclasses import dataclass
+from typing import Iterator
 
 from .model import Entry
 
 SEEK_DATA = getattr(os, "SEEK_DATA", None)
 SEEK_HOLE = getattr(os, "SEEK_HOLE", None)
+SCAN_PIECE = 8192  # children lstat'ed and held at a time in a directory larger than this
+
+Items = list[tuple[bytes, os.stat_result]]  # (name, lstat) of children
 
 
 @dataclass(slots=True)
 class ScanResult:
-    items: list[tuple[bytes, os.stat_result]]  # (name, lstat) of each child
+    items: Items  # the children, or the first SCAN_PIECE of them
     error: OSError | None = None  # the directory itself could not be listed
+    more: Iterator[Items] | None = None  # the further pieces of a directory larger than one
 
 
 def join(rel: str, name: str) -> str:
@@ -29,15 +34,22 @@ def lstat_entry(fs_root: str, rel: str) -> Entry:
     return Entry.from_stat(rel, os.lstat(os.path.join(fs_root, rel)))
 
 
-def scan_dir(fs_root: str, rel: str, skip: frozenset[str] = frozenset()) -> ScanResult:
+def scan_dir(fs_root: str, rel: str, skip: frozenset[str] = frozenset(), piece: int = SCAN_PIECE) -> ScanResult:
     """lstat every child of fs_root/rel (byte names: no decoding on the hot path of a
     no-change walk); children named in `skip` (relative paths, e.g. the state directory)
-    and children that vanish meanwhile are left out."""
-    out: list[tuple[bytes, os.stat_result]] = []
+    and children that vanish meanwhile are left out. A directory of more than `piece`
+    children comes in pieces (`more`), so memory holds one piece at a time."""
     try:
         it = os.scandir(os.fsencode(os.path.join(fs_root, rel) if rel else fs_root))
     except OSError as e:
         return ScanResult([], e)
+    pieces = _pieces(it, rel, skip, piece)
+    first = next(pieces)
+    return ScanResult(first, None, pieces if len(first) >= piece else None)
+
+
+def _pieces(it, rel: str, skip: frozenset[str], piece: int) -> Iterator[Items]:
+    out: Items = []
     with it:
         for d in it:
             if skip and join(rel, os.fsdecode(d.name)) in skip:
@@ -46,7 +58,10 @@ def scan_dir(fs_root: str, rel: str, skip: frozenset[str] = frozenset()) -> Scan
                 out.append((d.name, d.stat(follow_symlinks=False)))
             except FileNotFoundError:
                 continue
-    return ScanResult(out)
+            if len(out) >= piece:
+                yield out
+                out = []
+    yield out
 
 
 def same_file(st: os.stat_result, snapshot: tuple[int, int, int, int]) -> bool:

@@ -103,7 +103,13 @@ def test_ten_percent_of_requests_faulted_the_export_completes_whole(seaweed, tmp
     t = describe(task, state)
     assert t["Lifecycle"] == "SUCCEEDED"
     assert t["Status"]["TotalCount"] == t["Status"]["SucceededCount"] == 300 + 5 + 1 + 3
-    assert_bucket_matches_tree(direct, bucket, "x/", root, dir_metadata=False, content_types=False)
+    try:
+        assert_bucket_matches_tree(direct, bucket, "x/", root, dir_metadata=False, content_types=False)
+    except AssertionError as e:  # say what the report and the proxy saw of the keys in question
+        rows = report_rows(state, task)
+        seen = [(k, m, tg) for k, m, tg in proxy.events if any(p.rstrip("/") in tg for p in rows if p and p in str(e))]
+        raise AssertionError(f"{e}\nreport rows: {[rows[p] for p in rows if p and p in str(e)]}\n"
+                             f"faults on them: {seen}") from None
     assert open_uploads(direct, bucket) == []
     assert direct.get_object(Bucket=bucket, Key=f"reports/{task}/failures.csv")["Body"].read() == b""
     # the faults really happened, every kind of them ...
