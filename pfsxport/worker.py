@@ -1,4 +1,4 @@
-"""One rank's work loop: pull units through a channel, run them in a bounded thread pool,
+"""One rank's work loop: pull units through a channel, run them on a fixed set of threads,
 push outcomes back, one request out at a time, working on while it is answered. Local: no MPI
 (the channel hides where the scheduler is).
 
@@ -12,8 +12,8 @@ import logging
 import queue
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol
+import threading
+from typing import Callable, Protocol
 
 from .errors import ErrorCode
 from .model import BatchUnit, DirUnit, FinishUnit, LargeFileUnit, PartUnit, ReportRow, RowStatus, UnitOutcome
@@ -32,6 +32,37 @@ class Channel(Protocol):
 
     def poll(self):
         """The reply to the request posted, (units | STOP | WAIT, canceled), or None if not yet."""
+
+
+class _Lanes:
+    """Long-lived threads per kind of task, each taking (uid, fn) from its kind's queue and
+    putting (kind, fn's outcome) on `done`: no future, lock or condition made per task, which a
+    thread pool costs for every small file."""
+
+    def __init__(self, done: queue.SimpleQueue, sizes: dict[str, int], run: Callable):
+        self.done, self.run = done, run
+        self.queues = {kind: queue.SimpleQueue() for kind in sizes}
+        self.threads = [threading.Thread(target=self._loop, args=(kind,), name=f"pfsxport-{kind}", daemon=True)
+                        for kind, n in sizes.items() for _ in range(n)]
+
+    def _loop(self, kind: str) -> None:
+        q = self.queues[kind]
+        while (task := q.get()) is not None:
+            self.done.put((kind, self.run(*task)))
+
+    def put(self, kind: str, uid: int, fn) -> None:
+        self.queues[kind].put((uid, fn))
+
+    def __enter__(self) -> "_Lanes":
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for t in self.threads:
+            self.queues[t.name[len("pfsxport-"):]].put(None)
+        for t in self.threads:
+            t.join()
 
 
 class Worker:
@@ -70,14 +101,13 @@ class Worker:
         urgent = asked = False  # asked: a request is out and its reply not yet in
         backoff = wait_reply = 0.0
         last = 0.0
-        with ThreadPoolExecutor(max_workers=C + P, thread_name_prefix="pfsxport") as pool:
+        with _Lanes(done, {"light": C, "heavy": P, "scan": SCANS}, self._safe) as lanes:
             while True:
                 for q, kind, cap in ((light, "light", C), (heavy, "heavy", P), (scans, "scan", SCANS)):
                     while q and running[kind] < cap:
                         uid, fn, _ = q.popleft()
                         running[kind] += 1
-                        fut = pool.submit(self._safe, uid, fn)
-                        fut.add_done_callback(lambda f, k=kind: done.put((k, f.result())))
+                        lanes.put(kind, uid, fn)
                 want_light = min(8, C - len(light) - running["light"]) if len(light) < C and len(scans) < SCANS \
                     else 0
                 want_heavy = max(0, 2 * P - len(heavy) - running["heavy"])
