@@ -33,35 +33,43 @@ class Channel(Protocol):
     def poll(self):
         """The reply to the request posted, (units | STOP | WAIT, canceled), or None if not yet."""
 
+    wait_cap: float  # longest pause before asking again after a WAIT
+
 
 class _Lanes:
     """Long-lived threads per kind of task, each taking (uid, fn) from its kind's queue and
     putting (kind, fn's outcome) on `done`: no future, lock or condition made per task, which a
-    thread pool costs for every small file."""
+    thread pool costs for every small file. A kind's threads are started as its tasks in
+    flight first need them (a task with few entries never pays for 40 threads)."""
 
-    def __init__(self, done: queue.SimpleQueue, sizes: dict[str, int], run: Callable):
+    def __init__(self, done: queue.SimpleQueue, run: Callable):
         self.done, self.run = done, run
-        self.queues = {kind: queue.SimpleQueue() for kind in sizes}
-        self.threads = [threading.Thread(target=self._loop, args=(kind,), name=f"pfsxport-{kind}", daemon=True)
-                        for kind, n in sizes.items() for _ in range(n)]
+        self.queues: dict[str, queue.SimpleQueue] = {}
+        self.threads: list[tuple[str, threading.Thread]] = []
+        self.started: dict[str, int] = {}
 
-    def _loop(self, kind: str) -> None:
-        q = self.queues[kind]
+    def _loop(self, q: queue.SimpleQueue, kind: str) -> None:
         while (task := q.get()) is not None:
             self.done.put((kind, self.run(*task)))
 
-    def put(self, kind: str, uid: int, fn) -> None:
-        self.queues[kind].put((uid, fn))
+    def put(self, kind: str, uid: int, fn, in_flight: int) -> None:
+        """Queue a task; `in_flight` counts it among its kind's tasks not yet done."""
+        q = self.queues.setdefault(kind, queue.SimpleQueue())
+        if in_flight > self.started.get(kind, 0):
+            t = threading.Thread(target=self._loop, args=(q, kind), name=f"pfsxport-{kind}", daemon=True)
+            t.start()
+            self.threads.append((kind, t))
+            self.started[kind] = self.started.get(kind, 0) + 1
+        q.put((uid, fn))
 
     def __enter__(self) -> "_Lanes":
-        for t in self.threads:
-            t.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        for t in self.threads:
-            self.queues[t.name[len("pfsxport-"):]].put(None)
-        for t in self.threads:
+        """Every thread finishes the task it is on (as a thread pool's shutdown would), then ends."""
+        for kind, _ in self.threads:
+            self.queues[kind].put(None)
+        for _, t in self.threads:
             t.join()
 
 
@@ -101,18 +109,20 @@ class Worker:
         urgent = asked = False  # asked: a request is out and its reply not yet in
         backoff = wait_reply = 0.0
         last = 0.0
-        with _Lanes(done, {"light": C, "heavy": P, "scan": SCANS}, self._safe) as lanes:
+        with _Lanes(done, self._safe) as lanes:
             while True:
                 for q, kind, cap in ((light, "light", C), (heavy, "heavy", P), (scans, "scan", SCANS)):
                     while q and running[kind] < cap:
                         uid, fn, _ = q.popleft()
                         running[kind] += 1
-                        lanes.put(kind, uid, fn)
+                        lanes.put(kind, uid, fn, running[kind])
                 want_light = min(8, C - len(light) - running["light"]) if len(light) < C and len(scans) < SCANS \
                     else 0
                 want_heavy = max(0, 2 * P - len(heavy) - running["heavy"])
                 now = time.monotonic()
-                flush = urgent or len(outbox) >= 64 or (outbox and now - last >= 0.05)
+                # outcomes wait a little to travel together, unless nothing here can add to them
+                idle = not (light or heavy or scans or running["light"] or running["heavy"] or running["scan"])
+                flush = urgent or len(outbox) >= 64 or (outbox and (idle or now - last >= 0.05))
                 hungry = (want_light > 0 or want_heavy > 0) and now - last >= backoff
                 if not asked and (flush or hungry):
                     self.before_exchange()
@@ -136,7 +146,7 @@ class Worker:
                     if reply is STOP:
                         return
                     if reply is WAIT:
-                        backoff = min(0.02, max(0.001, backoff * 2))
+                        backoff = min(self.channel.wait_cap, max(0.001, backoff * 2))
                     else:
                         backoff = 0.0
                         for unit in reply:
