@@ -76,8 +76,6 @@ SOLO = _Solo()
 class _LocalChannel:
     """Rank 0's own worker: the scheduler is called directly, so the reply is there at once."""
 
-    wait_cap = 0.002  # asking costs a locked call, nothing more
-
     def __init__(self, scheduler, lock: threading.Lock):
         self.scheduler = scheduler
         self.lock = lock
@@ -98,9 +96,6 @@ class _MpiChannel:
 
     def __init__(self, world: World):
         self.comm = world.comm
-        # every ask is served by rank 0's one service thread: few ranks may ask often (and so
-        # see new work and the end sooner), many must ask less often
-        self.wait_cap = min(0.02, 0.001 * world.size)
 
     def post(self, outcomes, want_light, want_heavy) -> None:
         self.comm.send((outcomes, want_light, want_heavy), dest=0, tag=_REQ)

@@ -33,8 +33,6 @@ class Channel(Protocol):
     def poll(self):
         """The reply to the request posted, (units | STOP | WAIT, canceled), or None if not yet."""
 
-    wait_cap: float  # longest pause before asking again after a WAIT
-
 
 class _Lanes:
     """Long-lived threads per kind of task, each taking (uid, fn) from its kind's queue and
@@ -146,7 +144,7 @@ class Worker:
                     if reply is STOP:
                         return
                     if reply is WAIT:
-                        backoff = min(self.channel.wait_cap, max(0.001, backoff * 2))
+                        backoff = min(0.02, max(0.001, backoff * 2))
                     else:
                         backoff = 0.0
                         for unit in reply:
