@@ -27,6 +27,7 @@ from typing import Iterator
 # (mode, uid, gid; and ctime, which chmod, chown, utime, rename and writes all move) and
 # identity (ino: a file replaced by another one). atime is not among them.
 Rec = tuple[int, int, int, int, int, int, int]  # size, mtime_ns, ctime_ns, mode, uid, gid, ino
+_CHILDREN = "SELECT name, size, mtime, ctime, mode, uid, gid, ino FROM entries "  # (name, *Rec) rows
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries(dir BLOB NOT NULL, name BLOB NOT NULL, size INTEGER, mtime INTEGER,
@@ -82,9 +83,7 @@ class Reader:
         """{child byte name: rec} of what was exported under directory `path` ("" = the root)."""
         if not self.exists:
             return {}
-        rows = self._rows("SELECT name, size, mtime, ctime, mode, uid, gid, ino FROM entries WHERE dir = ?",
-                          (os.fsencode(path),))
-        return {r[0]: r[1:] for r in rows}
+        return {r[0]: r[1:] for r in self._rows(_CHILDREN + "WHERE dir = ?", (os.fsencode(path),))}
 
     def entries(self, path: str, names: list[bytes]) -> dict[bytes, Rec]:
         """{child byte name: rec} of those of `names` exported under directory `path`."""
@@ -94,7 +93,7 @@ class Reader:
         out: dict[bytes, Rec] = {}
         for i in range(0, len(names), 500):  # within any SQLite's limit on parameters
             chunk = names[i:i + 500]
-            rows = self._rows("SELECT name, size, mtime, ctime, mode, uid, gid, ino FROM entries WHERE dir = ? AND "
+            rows = self._rows(_CHILDREN + "WHERE dir = ? AND "
                               f"name IN ({','.join('?' * len(chunk))})", (d, *chunk))
             out.update((r[0], r[1:]) for r in rows)
         return out
@@ -112,8 +111,7 @@ class Reader:
             return
         d, last = os.fsencode(path), b""
         while True:
-            rows = self._rows("SELECT name, size, mtime, ctime, mode, uid, gid, ino FROM entries WHERE dir = ? "
-                              "AND name > ? ORDER BY name LIMIT ?", (d, last, batch))
+            rows = self._rows(_CHILDREN + "WHERE dir = ? AND name > ? ORDER BY name LIMIT ?", (d, last, batch))
             if not rows:
                 return
             last = rows[-1][0]
