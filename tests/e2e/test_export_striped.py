@@ -12,47 +12,24 @@ import shutil
 import pytest
 
 from conftest import list_keys, run_export, task_id_of
+from layoututil import comp, composite, sub
 from treeutil import assert_bucket_matches_tree
 
 MiB = 1 << 20
 STANDIN = os.path.join(os.path.dirname(os.path.dirname(__file__)), "standin", "lfs")
 
-
-def objects(osts):
-    return "".join(f"\n      - l_ost_idx: {o}\n        l_fid:     0x{o + 1:x}00000000:0x2:0x0" for o in osts)
-
-
-def raid0(count, size, osts, indent="      "):
-    text = (f"lmm_stripe_count:  {count}\nlmm_stripe_size:   {size}\nlmm_pattern:       raid0\n"
-            f"lmm_layout_gen:    0\nlmm_stripe_offset: {osts[0]}\nlmm_objects:" + objects(osts))
-    return "\n".join(indent + ln if not ln.startswith("      -") and not ln.startswith("        l_fid") else ln
-                     for ln in text.splitlines()) if indent else text
-
-
-def component(cid, start, end, body):
-    return (f"  - lcme_id:             {cid}\n    lcme_mirror_id:      0\n    lcme_flags:          init\n"
-            f"    lcme_extent.e_start: {start}\n    lcme_extent.e_end:   {end}\n    sub_layout:\n{body}")
-
-
-def composite(*comps):
-    return (f"lcm_layout_gen:    {len(comps)}\nlcm_mirror_count:  1\nlcm_entry_count:   {len(comps)}\n"
-            "components:\n" + "\n".join(comps))
-
-
-DOM_HEAD = ("      lmm_stripe_count:  0\n      lmm_stripe_size:   1048576\n      lmm_pattern:       mdt\n"
-            "      lmm_layout_gen:    0\n      lmm_stripe_offset: 0\n      lmm_mdt_index:     0")
-
 # name -> (size, recorded layout, OSTs the report must name, parts at a 5 MiB target)
 FILES = {
     # plain, one stripe on OST 7; a size that is a multiple of nothing
-    "single.dat": (23 * MiB + 123, raid0(1, MiB, [7], indent=""), {"7"}, 5),
+    "single.dat": (23 * MiB + 123, sub(1, MiB, (7,), indent=""), {"7"}, 5),
     # PFL: the first 4 MiB on OST 0 in 1 MiB stripes, then 4 MiB stripes over OSTs 1 and 2 to EOF;
     # parts are a multiple of the coarsest stripe (8 MiB)
-    "pfl.dat": (30 * MiB, composite(component(1, 0, 4 * MiB, raid0(1, MiB, [0])),
-                                    component(2, 4 * MiB, "EOF", raid0(2, 4 * MiB, [1, 2]))), {"0", "1", "2"}, 4),
+    "pfl.dat": (30 * MiB, composite(2, 1, [comp(1, 0, "init", 0, 4 * MiB, sub(1, MiB, (0,))),
+                                           comp(2, 0, "init", 4 * MiB, "EOF", sub(2, 4 * MiB, (1, 2)))]),
+                {"0", "1", "2"}, 4),
     # Data-on-MDT for the first MiB, then four OSTs
-    "dom.dat": (17 * MiB + 5, composite(component(1, 0, MiB, DOM_HEAD),
-                                        component(2, MiB, "EOF", raid0(4, MiB, [3, 4, 5, 6]))),
+    "dom.dat": (17 * MiB + 5, composite(2, 1, [comp(1, 0, "init", 0, MiB, sub(0, MiB, (), pattern="mdt")),
+                                               comp(2, 0, "init", MiB, "EOF", sub(4, MiB, (3, 4, 5, 6)))]),
                 {"3", "4", "5", "6"}, 4),
 }
 
