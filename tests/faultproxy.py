@@ -21,8 +21,9 @@ capped in number (`limit`, per kind: rate 1 and limit 1 faults exactly the first
 `always` is a predicate whose requests are all answered 503 SlowDown: an error that does not
 go away ("fails for good"). `counts` tallies requests, each injected fault ("always" for the
 former), "delay_dropped" (delayed requests whose client hung up, so never forwarded) and
-"upstream_error" (the upstream could not be reached: answered 502, which is no test's fault);
-`events` lists the faults as (kind, method, target). All of it is thread-safe.
+"upstream_error" (the upstream could not be reached: answered 502, which is no test's fault)
+and "upstream_NNN" (the upstream's own 5xx answers, passed on);
+`events` lists the faults and the upstream's 5xx as (kind, method, target). All of it is thread-safe.
 """
 from __future__ import annotations
 
@@ -83,6 +84,11 @@ def is_create_multipart(r: Request) -> bool:
 
 def is_complete_multipart(r: Request) -> bool:
     return r.method == "POST" and "uploadId" in r.query
+
+
+def is_list_uploads(r: Request) -> bool:
+    """ListMultipartUploads: GET /bucket?uploads"""
+    return r.method == "GET" and "uploads" in r.query
 
 
 def key_contains(text: str) -> Predicate:
@@ -212,6 +218,11 @@ class FaultProxy:
                 self.events.append((kind, r.method, r.target))
             return kind
 
+    def _record(self, what: str, r: Request) -> None:
+        with self._lock:
+            self.counts[what] += 1
+            self.events.append((what, r.method, r.target))
+
     def _count(self, what: str) -> None:
         with self._lock:
             self.counts[what] += 1
@@ -304,6 +315,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._drop_upstream()
             self.proxy._count("upstream_error")  # not a fault of ours: tests may assert there is none
             return self._error("upstream")
+        if status >= 500:  # the store's own error, not one of ours: on record, as tests count retries
+            self.proxy._record(f"upstream_{status}", req)
         if self.command == "HEAD":
             length = next((v for k, v in headers if k.lower() == "content-length"), "0")
         else:
