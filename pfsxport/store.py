@@ -16,6 +16,7 @@ import logging
 import os
 import random
 import re
+import sys
 import threading
 import time
 import uuid
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+from . import httpconn
 from .config import S3Settings
 from .errors import (AccessDenied, NoSuchBucket, NoSuchUpload, RetryableStoreError, StoreError,
                      StoreUnreachable)
@@ -44,8 +46,6 @@ def crc32_b64(crc: int) -> str:
 def preload(settings: S3Settings) -> None:
     """Import what an S3Store for these settings needs at its start (botocore: ~0.15 s of
     CPU, unless the credentials come from the environment), e.g. while a rank waits."""
-    import urllib3  # noqa: F401
-
     if _env_credentials(settings) is None or not (settings.region or os.environ.get("AWS_DEFAULT_REGION")):
         import botocore.session  # noqa: F401
 
@@ -173,27 +173,24 @@ class S3Store:
         """The one choke point: every request to the store runs here. Throttling, 5xx,
         resets and timeouts are retried with exponential backoff and full jitter, at most
         s3.max_attempts times in all; errors come out as the StoreError tree."""
-        from botocore.exceptions import BotoCoreError, ClientError
-        from urllib3.exceptions import HTTPError as Urllib3Error
-
         attempts = self.settings.max_attempts
         for attempt in range(1, attempts + 1):
             try:
                 if attempt > 1 and hasattr(body, "seek"):
                     body.seek(0)
                 return request()
-            except ClientError as e:
-                err = _translate_client_error(op, key, e)
-            except (BotoCoreError, Urllib3Error, OSError) as e:
-                err = _translate_transport_error(op, e)
             except StoreError as e:  # the signed fast path classifies its own answers
                 err = e
+            except OSError as e:
+                err = _translate_transport_error(op, e)
+            except Exception as e:
+                err = _translate_library_error(op, key, e)
             if not err.retryable or attempt == attempts:
                 if err.retryable:  # retries exhausted: the final form of the error
                     cause = err.__cause__
-                    err = (StoreUnreachable if isinstance(cause, _unreachable_types())
-                           else StoreError)(f"{err} (after {attempts} attempts)", s3_code=err.s3_code,
-                                            status=err.status, retries=attempt - 1)
+                    err = (StoreUnreachable if _unreachable(cause) else StoreError)(
+                        f"{err} (after {attempts} attempts)", s3_code=err.s3_code, status=err.status,
+                        retries=attempt - 1)
                     err.__cause__ = cause
                 raise err
             self._tls.retries = getattr(self._tls, "retries", 0) + 1
@@ -217,7 +214,7 @@ class S3Store:
             if crc is not None and self.checksum:
                 headers["x-amz-checksum-crc32"] = crc32_b64(crc)
             return self._retrying("put_object", key, lambda: self.fast.request(
-                "put_object", "PUT", key, body, headers).headers.get("ETag", ""))
+                "put_object", "PUT", key, body, headers).headers.get("etag", ""))
         kw: dict[str, Any] = {"Key": key, "Body": body, "ContentType": content_type}
         if metadata is not None:
             kw["Metadata"] = metadata
@@ -301,9 +298,9 @@ class S3Store:
         if self.fast is None:
             return self._call("head_object", Key=key)
         r = self._retrying("head_object", key, lambda: self.fast.request("head_object", "HEAD", key))
-        return {"ContentLength": int(r.headers.get("Content-Length", 0)), "ContentType": r.headers.get("Content-Type"),
-                "ETag": r.headers.get("ETag", ""),
-                "Metadata": {k[11:].lower(): v for k, v in r.headers.items() if k.lower().startswith("x-amz-meta-")}}
+        return {"ContentLength": int(r.headers.get("content-length", 0)), "ContentType": r.headers.get("content-type"),
+                "ETag": r.headers.get("etag", ""),
+                "Metadata": {k[11:]: v for k, v in r.headers.items() if k.startswith("x-amz-meta-")}}
 
     def delete_object(self, key: str) -> None:
         if self.fast is not None:
@@ -352,13 +349,34 @@ class S3Store:
         return Capabilities(crc32, crc32_verified, kept)
 
 
-def _unreachable_types() -> tuple[type, ...]:
+def _unreachable(cause: BaseException | None) -> bool:
+    """Whether a transport error means no connection could be made at all."""
+    if isinstance(cause, (ConnectionRefusedError, httpconn.ConnectFailed)):
+        return True
+    if "botocore" not in sys.modules:  # nothing of botocore's can have been raised
+        return False
     from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError
-    from urllib3.exceptions import ConnectTimeoutError as U3ConnectTimeout
-    from urllib3.exceptions import NewConnectionError
 
-    return (EndpointConnectionError, ConnectTimeoutError, NewConnectionError, U3ConnectTimeout,
-            ConnectionRefusedError)
+    return isinstance(cause, (EndpointConnectionError, ConnectTimeoutError))
+
+
+def _translate_library_error(op: str, key: str, e: Exception) -> StoreError:
+    """botocore's (and urllib3's) errors as the StoreError tree; anything else is raised
+    again. Imports botocore only if it is loaded already: a task that never needed its
+    client has no botocore error to translate."""
+    if "botocore" in sys.modules:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if isinstance(e, ClientError):
+            return _translate_client_error(op, key, e)
+        if isinstance(e, BotoCoreError):
+            return _translate_transport_error(op, e)
+    if "urllib3" in sys.modules:
+        from urllib3.exceptions import HTTPError
+
+        if isinstance(e, HTTPError):
+            return _translate_transport_error(op, e)
+    raise e
 
 
 def _translate_client_error(op: str, key: str, e: Any) -> StoreError:
@@ -387,14 +405,18 @@ def _classify(op: str, key: str, code: str, status: int, message: str) -> StoreE
 
 
 def _translate_transport_error(op: str, e: Exception) -> StoreError:
-    from botocore.exceptions import (ConnectionClosedError, ConnectTimeoutError, EndpointConnectionError,
-                                     ReadTimeoutError, ResponseStreamingError)
-    from botocore.exceptions import ConnectionError as BotoConnectionError
+    transient: tuple[type, ...] = (OSError,)  # resets, timeouts, refused connections, ...
+    if "botocore" in sys.modules:
+        from botocore.exceptions import (ConnectionClosedError, ConnectTimeoutError, EndpointConnectionError,
+                                         ReadTimeoutError, ResponseStreamingError)
+        from botocore.exceptions import ConnectionError as BotoConnectionError
 
-    from urllib3.exceptions import HTTPError as Urllib3Error
+        transient += (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError, ConnectionClosedError,
+                      ResponseStreamingError, BotoConnectionError)
+    if "urllib3" in sys.modules:
+        from urllib3.exceptions import HTTPError
 
-    transient = (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError, ConnectionClosedError,
-                 ResponseStreamingError, BotoConnectionError, Urllib3Error, OSError)
+        transient += (HTTPError,)
     cls = RetryableStoreError if isinstance(e, transient) else StoreError
     out = cls(f"{op}: {e}")
     out.__cause__ = e
@@ -424,8 +446,6 @@ class _Signed:
         import urllib.parse
         import urllib.request
 
-        import urllib3
-
         url = store.endpoint_url()
         creds = _env_credentials(store.settings) or store.session.get_credentials()
         if url is None or creds is None:
@@ -441,16 +461,15 @@ class _Signed:
             settings.addressing_style == "auto" and aws and "." not in bucket)
         host = f"{bucket}.{endpoint.netloc}" if virtual else endpoint.netloc
         hostname = f"{bucket}.{endpoint.hostname}" if virtual else endpoint.hostname
-        timeout = urllib3.Timeout(connect=settings.connect_timeout, read=settings.read_timeout)
+        tls = None
         if endpoint.scheme == "https":
+            import ssl
+
             from botocore.httpsession import get_cert_path
 
-            ca = os.environ.get("AWS_CA_BUNDLE") or get_cert_path(True)
-            p = urllib3.HTTPSConnectionPool(hostname, endpoint.port or 443, maxsize=store.pool, block=False,
-                                            timeout=timeout, cert_reqs="CERT_REQUIRED", ca_certs=ca)
-        else:
-            p = urllib3.HTTPConnectionPool(hostname, endpoint.port or 80, maxsize=store.pool, block=False,
-                                           timeout=timeout)
+            tls = ssl.create_default_context(cafile=os.environ.get("AWS_CA_BUNDLE") or get_cert_path(True))
+        p = httpconn.Pool(hostname, endpoint.port or (443 if tls else 80), tls=tls, maxsize=store.pool,
+                          connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout)
         return cls(p, "/" if virtual else f"/{bucket}/", host, creds, store.region)
 
     def _signing_key(self, secret: str, date: str) -> bytes:
@@ -482,9 +501,7 @@ class _Signed:
         sig = hmac.new(self._signing_key(creds.secret_key, amz_date[:8]), to_sign.encode(), hashlib.sha256).hexdigest()
         h["authorization"] = (f"AWS4-HMAC-SHA256 Credential={creds.access_key}/{scope}, "
                               f"SignedHeaders={';'.join(names)}, Signature={sig}")
-        del h["host"]  # urllib3 sends the same Host itself
-        r = self.pool.urlopen(method, uri, body=body if method == "PUT" else None, headers=h, retries=False,
-                              preload_content=True, assert_same_host=False)
+        r = self.pool.request(method, uri, h, body)
         if 200 <= r.status < 300:
             return r
         text = r.data.decode("utf-8", "replace")
