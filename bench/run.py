@@ -56,6 +56,7 @@ import os
 import platform
 import random
 import resource
+import shlex
 import shutil
 import signal
 import statistics
@@ -350,7 +351,7 @@ def run_pfsxport(ctx, ds: str, ranks: int, bucket: str, logdir: str) -> dict:
     cmd = [mpiexec_binary(), "-n", str(ranks), sys.executable, "-S", os.path.join(HERE, "rss.py"), "--",
            sys.executable, "-m", "pfsxport", "export", "--fs-root", ctx.paths[ds], "--repository",
            f"s3://{bucket}/", "--report-path", f"s3://{bucket}/reports", "--state-dir", state,
-           "--progress", "off"]
+           "--progress", "off", *shlex.split(ctx.args.pfsxport_args)]
     env = dict(os.environ, **ctx.s3.env(), BENCH_RSS_DIR=rssdir)
     base = os.path.join(logdir, bucket)
     res = run_measured(cmd, env, base + ".stdout", base + ".stderr", ctx.args.timeout, ctx.s3.proc.pid)
@@ -519,7 +520,8 @@ def render(stamp: str, machine_desc: str, ver: dict, args: dict, specs: dict, ru
           f"Machine: {machine_desc}.  ",
           f"Versions: pfsxport {ver['pfsxport']}, s5cmd {ver['s5cmd']}, SeaweedFS {ver['weed']}.  ",
           f"Datasets {args['datasets']} at scale {args['scale']}; {args['repeat']} repeat(s); ranks {args['ranks']}; "
-          "page cache warm; fresh bucket per run; MB = 10^6 B.", "",
+          "page cache warm; fresh bucket per run; MB = 10^6 B."
+          + (f" pfsxport run with `{args['pfsxport_args']}`." if args.get("pfsxport_args") else ""), "",
           table(rows, specs), "",
           "Ratios (pfsxport / s5cmd, same server and data, this run; ratio of medians):", ""]
     md += ratio_lines(rows, runs, specs)
@@ -560,6 +562,8 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per tool run before it is killed")
     ap.add_argument("--keep-buckets", action="store_true")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--pfsxport-args", default="", help="more arguments for every pfsxport run, e.g. "
+                    "'--concurrency 64' (shown in the report)")
     ap.add_argument("--render", metavar="RAW_JSON", help="only print the report of an earlier run's raw.json")
     args = ap.parse_args()
     if args.render:

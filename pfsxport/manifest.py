@@ -142,6 +142,9 @@ class Reader:
                 self._con = None
 
 
+_encode = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode  # json.dumps makes one per call
+
+
 class DeltaLog:
     """One rank's append-only record of what it made durable during one task."""
 
@@ -152,7 +155,7 @@ class DeltaLog:
         self._pending: list[str] = []
 
     def add(self, *record) -> None:
-        line = json.dumps(record, ensure_ascii=True, separators=(",", ":"))
+        line = _encode(record)
         with self._lock:
             self._pending.append(line)
 
@@ -198,8 +201,7 @@ class Manifest:
                     tdir = os.path.join(self.deltas, task)
                     for name in sorted(os.listdir(tdir)):
                         with open(os.path.join(tdir, name), encoding="ascii") as f:
-                            for line in f:
-                                _apply(con, line)
+                            _apply(con, f)
             for task in tasks:
                 shutil.rmtree(os.path.join(self.deltas, task), ignore_errors=True)
             return _open_uploads(con)
@@ -216,30 +218,42 @@ class Manifest:
             con.close()
 
 
-def _apply(con: sqlite3.Connection, line: str) -> None:
-    try:
-        r = json.loads(line)
-    except ValueError:  # a line cut off by a kill: the object it described is simply re-sent
-        return
-    op = r[0]
-    if op == "P":
-        d, n = split(r[1])
-        con.execute("INSERT OR REPLACE INTO entries VALUES (?,?,?,?,?,?,?,?,?)", (d, n, *r[2:9]))
-    elif op == "D":
-        con.execute("DELETE FROM entries WHERE dir = ? AND name = ?", split(r[1]))
-    elif op == "T":
-        d, n = split(r[1])
-        base = os.fsencode(r[1])
-        con.execute("DELETE FROM entries WHERE (dir = ? AND name = ?) OR dir = ? OR (dir >= ? AND dir < ?)",
-                    (d, n, base, base + b"/", base + b"0"))
-    elif op == "U":
-        con.execute("INSERT OR REPLACE INTO uploads VALUES (?,?,?,?,?,?,?,?)",
-                    (r[1], os.fsencode(r[2]), r[3], *r[4:8], r[8]))
-    elif op == "p":
-        con.execute("INSERT OR REPLACE INTO parts VALUES (?,?,?,?,?,?)", tuple(r[1:7]))
-    elif op == "E":
-        con.execute("DELETE FROM uploads WHERE upload_id = ?", (r[1],))
-        con.execute("DELETE FROM parts WHERE upload_id = ?", (r[1],))
+_PUT = "INSERT OR REPLACE INTO entries VALUES (?,?,?,?,?,?,?,?,?)"
+
+
+def _apply(con: sqlite3.Connection, lines) -> None:
+    """Apply a delta log's records in order; runs of puts (most of any log) go in one
+    executemany."""
+    puts: list[tuple] = []
+    for line in lines:
+        try:
+            r = json.loads(line)
+        except ValueError:  # a line cut off by a kill: the object it described is simply re-sent
+            continue
+        op = r[0]
+        if op == "P":
+            puts.append((*split(r[1]), *r[2:9]))
+            continue
+        if puts:
+            con.executemany(_PUT, puts)
+            puts = []
+        if op == "D":
+            con.execute("DELETE FROM entries WHERE dir = ? AND name = ?", split(r[1]))
+        elif op == "T":
+            d, n = split(r[1])
+            base = os.fsencode(r[1])
+            con.execute("DELETE FROM entries WHERE (dir = ? AND name = ?) OR dir = ? OR (dir >= ? AND dir < ?)",
+                        (d, n, base, base + b"/", base + b"0"))
+        elif op == "U":
+            con.execute("INSERT OR REPLACE INTO uploads VALUES (?,?,?,?,?,?,?,?)",
+                        (r[1], os.fsencode(r[2]), r[3], *r[4:8], r[8]))
+        elif op == "p":
+            con.execute("INSERT OR REPLACE INTO parts VALUES (?,?,?,?,?,?)", tuple(r[1:7]))
+        elif op == "E":
+            con.execute("DELETE FROM uploads WHERE upload_id = ?", (r[1],))
+            con.execute("DELETE FROM parts WHERE upload_id = ?", (r[1],))
+    if puts:
+        con.executemany(_PUT, puts)
 
 
 def _open_uploads(con: sqlite3.Connection) -> list[OpenUpload]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from typing import Iterator
 
 from .metadata import printable
@@ -20,6 +21,7 @@ FAILURES = "failures.csv"
 REPORT_CSV = "report.csv"
 REPORT_H5 = "report.h5"
 _CHUNK = 4096
+_QUOTE = re.compile(r'[,"\r\n]')
 
 
 def csv_field(value: str) -> str:
@@ -27,7 +29,7 @@ def csv_field(value: str) -> str:
     first wrapped in double quotes, so `@x` becomes `\"\"\"@x\"\"\"`."""
     if value.startswith(FORMULA_CHARS):
         value = f'"{value}"'
-    if any(c in value for c in ',"\r\n'):
+    if _QUOTE.search(value):
         value = '"' + value.replace('"', '""') + '"'
     return value
 
@@ -38,10 +40,11 @@ def failure_line(row: ReportRow) -> str:
 
 
 def report_line(row: ReportRow) -> str:
-    values = (printable(row.path), row.kind, str(row.size), row.status.value, row.error_code, str(row.bytes),
-              str(row.parts), row.checksum, str(row.retries), str(row.rank), row.osts, f"{row.seconds:.6f}",
-              row.message)
-    return ",".join(csv_field(v) for v in values) + "\n"
+    """One report.csv line. Only the text columns can need quoting: the kind and the status
+    are plain words, the numbers never negative."""
+    return (f"{csv_field(printable(row.path))},{row.kind},{row.size},{row.status.value},{csv_field(row.error_code)},"
+            f"{row.bytes},{row.parts},{csv_field(row.checksum)},{row.retries},{row.rank},{csv_field(row.osts)},"
+            f"{row.seconds:.6f},{csv_field(row.message)}\n")
 
 
 class ReportWriter:
