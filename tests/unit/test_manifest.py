@@ -56,6 +56,27 @@ def test_delete_and_tree_records_forget_entries(manifest):
     assert manifest.count() == 0
 
 
+def test_records_of_one_log_apply_in_order(manifest):
+    """Puts go in batches; a delete or tree record between them still lands in its place."""
+    newer = (11, 1, 2, 0o100644, 0, 0, 7)
+    log = manifest.delta_log("t", 0)
+    log.put("d", DIR)
+    log.put("d/x", REC)
+    log.put("e", REC)
+    log.add("T", "d")  # renamed away ...
+    log.put("d", DIR)  # ... and made again
+    log.put("d/y", REC)
+    log.add("D", "e")
+    log.put("e", newer)
+    log.put("e", REC)
+    log.put("e", newer)
+    log.close()
+    manifest.merge()
+    r = manifest.reader()
+    assert r.directory("") == {b"d": DIR, b"e": newer}
+    assert r.directory("d") == {b"y": REC}
+
+
 def test_a_log_cut_off_by_a_kill_loses_only_its_last_line(manifest):
     log = manifest.delta_log("t", 0)
     log.put("a", REC)
