@@ -360,6 +360,18 @@ def _unreachable(cause: BaseException | None) -> bool:
     return isinstance(cause, (EndpointConnectionError, ConnectTimeoutError))
 
 
+def _untrusted(e: BaseException) -> bool:
+    """Whether a transport error is a failed certificate check (ours or botocore's)."""
+    ssl = sys.modules.get("ssl")
+    if ssl is not None and isinstance(e, ssl.SSLCertVerificationError):
+        return True
+    if "botocore" in sys.modules:
+        from botocore.exceptions import SSLError
+
+        return isinstance(e, SSLError) and "CERTIFICATE_VERIFY_FAILED" in str(e)
+    return False
+
+
 def _translate_library_error(op: str, key: str, e: Exception) -> StoreError:
     """botocore's (and urllib3's) errors as the StoreError tree; anything else is raised
     again. Imports botocore only if it is loaded already: a task that never needed its
@@ -405,6 +417,12 @@ def _classify(op: str, key: str, code: str, status: int, message: str) -> StoreE
 
 
 def _translate_transport_error(op: str, e: Exception) -> StoreError:
+    if _untrusted(e):  # permanent: retrying cannot make the certificate trusted
+        why = getattr(e, "verify_message", None) or e
+        out = StoreError(f"{op}: the endpoint's TLS certificate is not trusted ({why}); a private CA's "
+                         "certificate goes in AWS_CA_BUNDLE")
+        out.__cause__ = e
+        return out
     transient: tuple[type, ...] = (OSError,)  # resets, timeouts, refused connections, ...
     if "botocore" in sys.modules:
         from botocore.exceptions import (ConnectionClosedError, ConnectTimeoutError, EndpointConnectionError,

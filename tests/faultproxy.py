@@ -18,6 +18,9 @@ capped in number (`limit`, per kind: rate 1 and limit 1 faults exactly the first
               and half the body, and close; a response without a body is cut before its
               status line (the store acted, the client hears nothing)
 
+With `tls` (a server-side ssl.SSLContext) the proxy speaks HTTPS to its clients (plain HTTP
+upstream); a client that refuses its certificate is counted as "tls_failed".
+
 `always` is a predicate whose requests are all answered 503 SlowDown: an error that does not
 go away ("fails for good"). `counts` tallies requests, each injected fault ("always" for the
 former), "delay_dropped" (delayed requests whose client hung up, so never forwarded) and
@@ -31,6 +34,7 @@ import collections
 import http.client
 import random
 import socket
+import ssl
 import struct
 import threading
 from dataclasses import dataclass
@@ -120,7 +124,8 @@ class FaultProxy:
     def __init__(self, upstream: str, *, rates: dict[str, float] | None = None, seed: int = 0,
                  when: Predicate | None = None, when_kind: dict[str, Predicate] | None = None,
                  always: Predicate | None = None, limit: dict[str, int] | None = None,
-                 delay_seconds: float = 2.0, upstream_timeout: float = 60.0, client_timeout: float = 120.0):
+                 delay_seconds: float = 2.0, upstream_timeout: float = 60.0, client_timeout: float = 120.0,
+                 tls: ssl.SSLContext | None = None):
         rates = dict(rates or {})
         unknown = set(rates) - set(KINDS)
         if unknown or sum(rates.values()) > 1:
@@ -137,6 +142,7 @@ class FaultProxy:
         self.delay_seconds = delay_seconds
         self.upstream_timeout = upstream_timeout
         self.client_timeout = client_timeout
+        self.tls = tls
         self.counts: collections.Counter = collections.Counter()
         self.events: list[tuple[str, str, str]] = []
         self._rng = random.Random(seed)
@@ -151,7 +157,8 @@ class FaultProxy:
     @property
     def url(self) -> str:
         assert self._server is not None, "not started"
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self._server.server_address[1]}"
 
     def start(self) -> "FaultProxy":
         handler = type("Handler", (_Handler,), {"proxy": self, "timeout": self.client_timeout})
@@ -242,12 +249,26 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     proxy: FaultProxy  # set on the subclass made by FaultProxy.start
     _upstream: http.client.HTTPConnection | None = None
+    _tls_failed = False
 
     def setup(self) -> None:
+        if self.proxy.tls is not None:  # the handshake in this connection's own thread
+            try:
+                self.request = self.proxy.tls.wrap_socket(self.request, server_side=True)
+            except OSError:  # ssl.SSLError among them: the client refused the certificate
+                self.proxy._count("tls_failed")
+                self._tls_failed = True  # and the socket is closed: nothing more to do
+                return
         super().setup()
         self.proxy._track(self.connection, True)
 
+    def handle(self) -> None:
+        if not self._tls_failed:
+            super().handle()
+
     def finish(self) -> None:
+        if self._tls_failed:
+            return
         try:
             super().finish()
         except OSError:

@@ -43,11 +43,11 @@ def make_tree(root, small: int = 300, dirs: int = 5, big: int = 3, parts: int = 
     return str(root)
 
 
-def export(seaweed, proxy, root, bucket, state, *extra, ranks=2):
+def export(seaweed, proxy, root, bucket, state, *extra, ranks=2, env=None):
     return run_export(seaweed, ["--fs-root", str(root), "--repository", f"s3://{bucket}/x/", "--report-path",
                                 f"s3://{bucket}/reports", "--state-dir", str(state), "--endpoint-url", proxy.url,
                                 "--part-size", "5MiB", "--multipart-threshold", "5MiB", "--progress", "off",
-                                *extra], ranks=ranks, timeout=120)
+                                *extra], ranks=ranks, timeout=120, env=env)
 
 
 def report_rows(state, task) -> dict[str, dict]:

@@ -4,6 +4,7 @@ keep-alive reuse, and every way a connection can fail, each a defined exception.
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 import time
 
@@ -11,6 +12,7 @@ import pytest
 
 from pfsxport.httpconn import BadAnswer, ConnectFailed, Pool
 from pfsxport.localstore import free_ports
+from tlscert import make_certs
 
 
 class Scripted:
@@ -18,8 +20,9 @@ class Scripted:
     `answers[n]`: bytes to send, or a callable(conn) doing something else. Records every
     request's head and body and which connection (accept order) it came on."""
 
-    def __init__(self, answers: list):
+    def __init__(self, answers: list, tls: ssl.SSLContext | None = None):
         self.answers = list(answers)
+        self.tls = tls
         self.requests: list[tuple[int, bytes, bytes]] = []
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
@@ -40,6 +43,11 @@ class Scripted:
     def _conn(self, conn: socket.socket, which: int) -> None:
         buf = b""
         try:
+            if self.tls is not None:
+                try:
+                    conn = self.tls.wrap_socket(conn, server_side=True)
+                except OSError:  # the client refused the certificate
+                    return
             while True:
                 while b"\r\n\r\n" not in buf:
                     chunk = conn.recv(65536)
@@ -175,3 +183,18 @@ def test_nothing_listening_is_connect_failed():
     with pytest.raises(ConnectFailed, match=f"127.0.0.1:{port}") as e:
         Pool("127.0.0.1", port).request("GET", "/", {"Host": "x"})
     assert isinstance(e.value.__cause__, ConnectionRefusedError)
+
+
+def test_https_keeps_its_connection_and_checks_the_certificate(tmp_path):
+    certs = make_certs(tmp_path)
+    s = Scripted([OK, OK, OK], tls=certs.server_context())
+    p = pool(s, tls=certs.client_context())
+    body = bytes(range(256)) * 1024
+    assert [get(p, "PUT", body).data for _ in range(3)] == [b"hello"] * 3
+    assert [c for c, _, _ in s.requests] == [0, 0, 0]  # one TLS session for all three
+    assert s.requests[2][2] == body
+    # a client that does not trust the CA refuses the server
+    s = Scripted([OK], tls=certs.server_context())
+    with pytest.raises(ssl.SSLCertVerificationError):
+        get(pool(s, tls=ssl.create_default_context()))
+    assert s.requests == []
