@@ -25,6 +25,7 @@ EXPORT_FLAGS = {
     "fs_root": "fs_root", "repository": "repository", "report_path": "report_path",
     "state_dir": "state_dir", "endpoint_url": "s3.endpoint_url", "region": "s3.region",
     "profile": "s3.profile", "addressing_style": "s3.addressing_style", "checksum": "s3.checksum",
+    "sign_payload": "s3.sign_payload",
     "max_object_size": "s3.max_object_size", "part_size": "transfer.part_size",
     "multipart_threshold": "transfer.multipart_threshold", "stripe_size": "transfer.stripe_size",
     "concurrency": "transfer.concurrency", "parts_in_flight": "transfer.parts_in_flight",
@@ -54,6 +55,8 @@ def _export_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", help="AWS profile for credentials")
     p.add_argument("--addressing-style", choices=["auto", "path", "virtual"])
     p.add_argument("--checksum", choices=["auto", "crc32", "none"])
+    p.add_argument("--sign-payload", choices=["auto", "always", "never"],
+                   help="SigV4 hash of each body: auto signs over http only (default)")
     p.add_argument("--max-object-size", help="largest object the store takes (default 5TiB)")
     p.add_argument("--part-size", help="target multipart part size, rounded up to the stripe size (default 16MiB)")
     p.add_argument("--multipart-threshold", help="files above this go multipart (default 64MiB)")
@@ -146,6 +149,7 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--profile")
     x.add_argument("--addressing-style", choices=["auto", "path", "virtual"])
     x.add_argument("--checksum", choices=["auto", "crc32", "none"])
+    x.add_argument("--sign-payload", choices=["auto", "always", "never"])
     x.add_argument("--concurrency", help="requests in flight (default 32)")
     x.add_argument("--lfs", help="path of `lfs`, 'auto' (PATH) or 'off'")
     x.add_argument("--source", choices=["auto", "inotify", "changelog", "poll"],
@@ -403,7 +407,8 @@ def _export(args) -> int:
 AUTO_EXPORT_FLAGS = {
     "fs_root": "fs_root", "state_dir": "state_dir", "file_system_id": "file_system_id",
     "endpoint_url": "s3.endpoint_url", "region": "s3.region", "profile": "s3.profile",
-    "addressing_style": "s3.addressing_style", "checksum": "s3.checksum", "concurrency": "transfer.concurrency",
+    "addressing_style": "s3.addressing_style", "checksum": "s3.checksum", "sign_payload": "s3.sign_payload",
+    "concurrency": "transfer.concurrency",
     "lfs": "transfer.lfs", "source": "auto_export.source", "changelog_mdt": "auto_export.changelog_mdt",
     "changelog_user": "auto_export.changelog_user", "debounce": "auto_export.debounce",
     "rescan_interval": "auto_export.rescan_interval", "recheck_interval": "auto_export.recheck_interval",

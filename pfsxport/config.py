@@ -31,6 +31,7 @@ class S3Settings:
     read_timeout: float = 120.0
     max_object_size: int = S3_MAX_OBJECT
     checksum: str = "auto"
+    sign_payload: str = "auto"  # auto: over http only (TLS protects the body over https)
 
 
 @dataclass(slots=True)
@@ -202,6 +203,7 @@ SCHEMA: dict[str, Callable[[Any], Any]] = {
     "s3.read_timeout": _float(0.1),
     "s3.max_object_size": _size(0, S3_MAX_OBJECT),
     "s3.checksum": _choice("auto", "crc32", "none"),
+    "s3.sign_payload": _choice("auto", "always", "never"),
     "transfer.part_size": _size(S3_MIN_PART, S3_MAX_PART),
     "transfer.multipart_threshold": _size(0, S3_MAX_PUT),
     "transfer.stripe_size": _size(64 * 1024, S3_MAX_PART),

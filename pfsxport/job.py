@@ -214,10 +214,15 @@ def _prepare(cfg: ExportConfig, state: StateDir, nranks: int, fs_lock: FileLock)
             log.info("found %d multipart upload(s) left open by an earlier job: their parts are reused where "
                      "the file is unchanged, else they are aborted", len(open_uploads))
         leg.resumable = {u.path: u for u in open_uploads}
+        store = _store(cfg, leg.repository)
         try:
-            leg.caps = _store(cfg, leg.repository).probe(leg.repository.prefix, cfg.s3.checksum)
+            leg.caps = store.probe(leg.repository.prefix, cfg.s3.checksum)
         except StoreError as e:
             return _fail_early(state, rec, f"cannot write to {leg.repository}: {e}", ExitCode.STORE_UNREACHABLE)
+        if cfg.s3.sign_payload == "never" and not leg.caps.crc32_verified and \
+                (store.endpoint_url() or "").startswith("http:"):
+            log.warning("s3.sign_payload is 'never' over http and the store does not verify CRC32: "
+                        "nothing but TCP checks the bodies on their way")
         if not leg.caps.dir_metadata:
             log.warning("this store keeps no user metadata on keys ending in '/': directory objects will "
                         "lose their file-permissions, owner and times (known for SeaweedFS)")

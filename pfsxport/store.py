@@ -127,7 +127,8 @@ class S3Store:
                 s = self.settings
                 cfg = botocore.config.Config(
                     region_name=self.region,
-                    s3={"addressing_style": s.addressing_style},
+                    # over https; over http botocore always hashes the body
+                    s3={"addressing_style": s.addressing_style, "payload_signing_enabled": s.sign_payload == "always"},
                     retries={"total_max_attempts": 1},  # retries are ours, in _retrying
                     max_pool_connections=self.pool,
                     connect_timeout=s.connect_timeout,
@@ -248,11 +249,18 @@ class S3Store:
             log.warning("could not look for lost uploads of %s: %s", key, err)
 
     def upload_part(self, key: str, upload_id: str, number: int, body: bytes, crc: int) -> tuple[str, str]:
+        sent = crc32_b64(crc) if self.checksum else ""
+        if self.fast is not None:
+            headers = {"x-amz-checksum-crc32": sent} if sent else {}
+            query = {"partNumber": str(number), "uploadId": upload_id}
+            r = self._retrying("upload_part", key, lambda: self.fast.request(
+                "upload_part", "PUT", key, body, headers, query))
+            return r.headers.get("etag", ""), r.headers.get("x-amz-checksum-crc32", "") or sent
         kw: dict[str, Any] = {"Key": key, "UploadId": upload_id, "PartNumber": number, "Body": body}
-        if self.checksum:
-            kw["ChecksumCRC32"] = crc32_b64(crc)
+        if sent:
+            kw["ChecksumCRC32"] = sent
         r = self._call("upload_part", **kw)
-        return r["ETag"], r.get("ChecksumCRC32", "") or (kw.get("ChecksumCRC32", ""))
+        return r["ETag"], r.get("ChecksumCRC32", "") or sent
 
     def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str, str]]) -> None:
         spec = []
@@ -442,8 +450,10 @@ def _translate_transport_error(op: str, e: Exception) -> StoreError:
 
 
 class _Signed:
-    """Requests signed here (AWS Signature V4) and sent on a urllib3 connection pool:
-    PutObject, HeadBucket, HeadObject, DeleteObject.
+    """Requests signed here (AWS Signature V4) and sent on an httpconn pool: PutObject,
+    UploadPart, HeadBucket, HeadObject, DeleteObject. The body's SHA-256 goes into the
+    signature per s3.sign_payload: by default over http only, as botocore does (over https
+    TLS protects the body); a store that verifies CRC32 checks the one sent with it.
 
     Used only where it behaves exactly like the botocore path: the credentials botocore's
     chain gives (the environment's keys, or the session's, refreshed per request), the
@@ -451,12 +461,13 @@ class _Signed:
     environment. Path-style URLs unless virtual-host style is asked for or the endpoint is
     AWS's own (as botocore does with 'auto')."""
 
-    def __init__(self, pool, prefix: str, host: str, credentials, region: str):
+    def __init__(self, pool, prefix: str, host: str, credentials, region: str, sign_payload: bool = True):
         self.pool = pool
         self.prefix = prefix  # "/bucket/" (path style) or "/" (virtual host)
         self.host = host
         self.credentials = credentials
         self.region = region
+        self.sign_payload = sign_payload  # else UNSIGNED-PAYLOAD: the body is not hashed at either end
         self._keys: dict[tuple[str, str], bytes] = {}
 
     @classmethod
@@ -488,7 +499,8 @@ class _Signed:
             tls = ssl.create_default_context(cafile=os.environ.get("AWS_CA_BUNDLE") or get_cert_path(True))
         p = httpconn.Pool(hostname, endpoint.port or (443 if tls else 80), tls=tls, maxsize=store.pool,
                           connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout)
-        return cls(p, "/" if virtual else f"/{bucket}/", host, creds, store.region)
+        sign = settings.sign_payload == "always" or (settings.sign_payload == "auto" and tls is None)
+        return cls(p, "/" if virtual else f"/{bucket}/", host, creds, store.region, sign)
 
     def _signing_key(self, secret: str, date: str) -> bytes:
         k = self._keys.get((secret, date))
@@ -500,31 +512,33 @@ class _Signed:
         return k
 
     def request(self, op: str, method: str, key: str | None, body: bytes = b"",
-                headers: dict[str, str] | None = None):
-        """One signed request on the bucket (key None) or an object; raises the StoreError
-        tree for any answer but 2xx."""
+                headers: dict[str, str] | None = None, query: dict[str, str] | None = None):
+        """One signed request on the bucket (key None) or an object, with an optional query;
+        raises the StoreError tree for any answer but 2xx."""
         creds = self.credentials.get_frozen_credentials()
         amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        payload = hashlib.sha256(body).hexdigest()
+        payload = hashlib.sha256(body).hexdigest() if self.sign_payload else "UNSIGNED-PAYLOAD"
         uri = self.prefix + quote(key.encode("utf-8"), safe="/~") if key is not None else \
             (self.prefix.rstrip("/") or "/")
         h = {"host": self.host, "x-amz-date": amz_date, "x-amz-content-sha256": payload, **(headers or {})}
         if creds.token:
             h["x-amz-security-token"] = creds.token
         names = sorted(h)
-        canonical = "\n".join((method, uri, "", "".join(f"{n}:{h[n].strip()}\n" for n in names), ";".join(names),
+        q = "&".join(f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted(query.items())) \
+            if query else ""
+        canonical = "\n".join((method, uri, q, "".join(f"{n}:{h[n].strip()}\n" for n in names), ";".join(names),
                                payload))
         scope = f"{amz_date[:8]}/{self.region}/s3/aws4_request"
         to_sign = f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
         sig = hmac.new(self._signing_key(creds.secret_key, amz_date[:8]), to_sign.encode(), hashlib.sha256).hexdigest()
         h["authorization"] = (f"AWS4-HMAC-SHA256 Credential={creds.access_key}/{scope}, "
                               f"SignedHeaders={';'.join(names)}, Signature={sig}")
-        r = self.pool.request(method, uri, h, body)
+        r = self.pool.request(method, f"{uri}?{q}" if q else uri, h, body)
         if 200 <= r.status < 300:
             return r
         text = r.data.decode("utf-8", "replace")
-        code = _xml_field(text, "Code") or {403: "AccessDenied", 404: "NoSuchBucket" if key is None else "NoSuchKey",
-                                            503: "SlowDown"}.get(r.status, "")
+        missing = "NoSuchBucket" if key is None else "NoSuchUpload" if query and "uploadId" in query else "NoSuchKey"
+        code = _xml_field(text, "Code") or {403: "AccessDenied", 404: missing, 503: "SlowDown"}.get(r.status, "")
         raise _classify(op, key or "", code, r.status, _xml_field(text, "Message"))
 
 

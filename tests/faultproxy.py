@@ -18,6 +18,7 @@ capped in number (`limit`, per kind: rate 1 and limit 1 faults exactly the first
               and half the body, and close; a response without a body is cut before its
               status line (the store acted, the client hears nothing)
 
+With `keep_requests`, `requests` lists every request as the predicates see it.
 With `tls` (a server-side ssl.SSLContext) the proxy speaks HTTPS to its clients (plain HTTP
 upstream); a client that refuses its certificate is counted as "tls_failed".
 
@@ -125,7 +126,7 @@ class FaultProxy:
                  when: Predicate | None = None, when_kind: dict[str, Predicate] | None = None,
                  always: Predicate | None = None, limit: dict[str, int] | None = None,
                  delay_seconds: float = 2.0, upstream_timeout: float = 60.0, client_timeout: float = 120.0,
-                 tls: ssl.SSLContext | None = None):
+                 tls: ssl.SSLContext | None = None, keep_requests: bool = False):
         rates = dict(rates or {})
         unknown = set(rates) - set(KINDS)
         if unknown or sum(rates.values()) > 1:
@@ -143,6 +144,7 @@ class FaultProxy:
         self.upstream_timeout = upstream_timeout
         self.client_timeout = client_timeout
         self.tls = tls
+        self.requests: list[Request] | None = [] if keep_requests else None  # every request seen
         self.counts: collections.Counter = collections.Counter()
         self.events: list[tuple[str, str, str]] = []
         self._rng = random.Random(seed)
@@ -205,6 +207,8 @@ class FaultProxy:
     def _choose(self, r: Request) -> str | None:
         with self._lock:
             self.counts["requests"] += 1
+            if self.requests is not None:
+                self.requests.append(r)
             if self.always is not None and self.always(r):
                 kind = "always"
             else:

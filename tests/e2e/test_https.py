@@ -1,14 +1,15 @@
 """An HTTPS endpoint whose certificate comes from a private CA: trusted through
-AWS_CA_BUNDLE, the export (single PUTs on pfsxport's own client, multipart uploads on
-botocore's) completes whole; untrusted, the task fails at once with a message that says
-what to do, and the refused handshake is not retried. The TLS end is the project's proxy
-(tests/faultproxy.py, no faults) in front of SeaweedFS."""
+AWS_CA_BUNDLE, the export (single PUTs and parts on pfsxport's own client, the other
+multipart steps on botocore's) completes whole; untrusted, the task fails at once with a
+message that says what to do, and the refused handshake is not retried. Bodies are hashed
+into the signature over http, not over https, as s3.sign_payload says. The TLS end is the
+project's proxy (tests/faultproxy.py, no faults) in front of SeaweedFS."""
 from __future__ import annotations
 
 import pytest
 
 from conftest import describe, task_id_of
-from faultproxy import FaultProxy
+from faultproxy import FaultProxy, is_put
 from test_faults import export, make_tree, open_uploads
 from tlscert import make_certs
 from treeutil import assert_bucket_matches_tree
@@ -52,3 +53,28 @@ def test_botocores_certificate_failure_is_permanent_with_the_same_message(tmp_pa
             client.create_multipart_upload(Bucket="b", Key="k")
     err = _translate_library_error("create_multipart_upload", "k", e.value)
     assert not err.retryable and "TLS certificate is not trusted" in str(err) and "AWS_CA_BUNDLE" in str(err)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("scheme, args, signed, warned", [
+    ("http", ["--sign-payload", "auto"], True, False),
+    ("http", ["--sign-payload", "never"], False, False),  # SeaweedFS verifies the CRC32: no warning
+    ("http", ["--sign-payload", "never", "--checksum", "none"], False, True),
+    ("https", ["--sign-payload", "auto"], False, False),
+    ("https", ["--sign-payload", "always"], True, False)])
+def test_bodies_are_signed_as_sign_payload_says(seaweed, tmp_path, scheme, args, signed, warned):
+    certs = make_certs(tmp_path / "tls")
+    root = make_tree(tmp_path / "fs", small=10, dirs=1, big=1, parts=2)
+    bucket = seaweed.new_bucket()
+    tls = certs.server_context() if scheme == "https" else None
+    with FaultProxy(seaweed.endpoint, tls=tls, keep_requests=True) as proxy:
+        r = export(seaweed, proxy, root, bucket, tmp_path / "st", *args, env={"AWS_CA_BUNDLE": str(certs.ca)})
+    assert r.returncode == 0, r.stderr
+    assert ("nothing but TCP checks the bodies" in r.stderr) == warned, r.stderr
+    assert_bucket_matches_tree(seaweed.client(), bucket, "x/", root, dir_metadata=False, content_types=False)
+    # every PUT of the tree's data: 10 small files, 2 parts; the store checked the hash when sent
+    puts = {(q.path, *q.query.get("partNumber", [])): q.headers["x-amz-content-sha256"] for q in proxy.requests
+            if is_put(q) and q.path.startswith(f"/{bucket}/x/") and not q.path.endswith("/") and "probe" not in q.path}
+    assert len([t for t in puts if "/d0/" in t[0]]) == 10 and len([t for t in puts if len(t) == 2]) == 2, puts
+    unsigned = {t for t, h in puts.items() if h == "UNSIGNED-PAYLOAD"}
+    assert unsigned == (set() if signed else set(puts)), puts

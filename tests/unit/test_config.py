@@ -123,6 +123,7 @@ def test_unreadable_path_is_a_config_error(tmp_path):
     ("transfer.stripe_size", "4KiB", "size"),
     ("s3.addressing_style", "bogus", "auto, path, virtual"),
     ("s3.checksum", "md5", "auto, crc32, none"),
+    ("s3.sign_payload", "sometimes", "auto, always, never"),
     ("s3.max_attempts", 0, "integer"),
     ("s3.max_attempts", "many", "integer"),
     ("s3.max_attempts", True, "integer"),
@@ -261,6 +262,7 @@ s3:
   connect_timeout: 2.5
   max_object_size: 1TiB
   checksum: none
+  sign_payload: never
 transfer:
   part_size: 5GiB
   multipart_threshold: 1GiB
@@ -280,6 +282,7 @@ progress:
     assert cfg.s3.connect_timeout == 2.5
     assert cfg.s3.max_object_size == 1 << 40
     assert cfg.s3.checksum == "none"
+    assert cfg.s3.sign_payload == "never"
     assert cfg.transfer.part_size == 5 * GiB
     assert cfg.transfer.multipart_threshold == 5 * GiB  # never below the part size
     assert cfg.transfer.stripe_size == 4 * MiB
