@@ -24,6 +24,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
+from xml.sax.saxutils import escape, unescape
 
 from . import httpconn
 from .config import S3Settings
@@ -32,6 +33,7 @@ from .errors import (AccessDenied, NoSuchBucket, NoSuchUpload, RetryableStoreErr
 
 log = logging.getLogger("pfsxport")
 
+_S3_NS = "http://s3.amazonaws.com/doc/2006-03-01/"
 _RETRY_CODES = {"SlowDown", "RequestTimeout", "Throttling", "ThrottlingException", "InternalError",
                 "ServiceUnavailable", "RequestTimeTooSkewed", "OperationAborted", "TooManyRequests"}
 _DENIED_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled",
@@ -209,9 +211,7 @@ class S3Store:
     def put_object(self, key: str, body: Any, metadata: dict[str, str] | None, content_type: str,
                    crc: int | None = None) -> str:
         if self.fast is not None and isinstance(body, bytes):
-            headers = {"content-type": content_type}
-            if metadata:
-                headers.update({"x-amz-meta-" + k: v for k, v in metadata.items()})
+            headers = _object_headers(metadata, content_type)
             if crc is not None and self.checksum:
                 headers["x-amz-checksum-crc32"] = crc32_b64(crc)
             return self._retrying("put_object", key, lambda: self.fast.request(
@@ -224,12 +224,19 @@ class S3Store:
         return self._call("put_object", **kw).get("ETag", "")
 
     def create_multipart(self, key: str, metadata: dict[str, str], content_type: str) -> str:
-        kw: dict[str, Any] = {"Key": key, "Metadata": metadata, "ContentType": content_type}
-        if self.checksum:
-            kw["ChecksumAlgorithm"] = "CRC32"
         started = time.time()
         retries_before = getattr(self._tls, "retries", 0)
-        upload_id = self._call("create_multipart_upload", **kw)["UploadId"]
+        if self.fast is not None:
+            headers = _object_headers(metadata, content_type)
+            if self.checksum:
+                headers["x-amz-checksum-algorithm"] = "CRC32"
+            upload_id = self._retrying("create_multipart_upload", key, lambda: self.fast.answer_field(
+                "create_multipart_upload", "POST", key, "UploadId", headers=headers, query={"uploads": ""}))
+        else:
+            kw: dict[str, Any] = {"Key": key, "Metadata": metadata, "ContentType": content_type}
+            if self.checksum:
+                kw["ChecksumAlgorithm"] = "CRC32"
+            upload_id = self._call("create_multipart_upload", **kw)["UploadId"]
         if getattr(self._tls, "retries", 0) > retries_before:
             self._abort_lost_creates(key, upload_id, started)
         return upload_id
@@ -263,6 +270,16 @@ class S3Store:
         return r["ETag"], r.get("ChecksumCRC32", "") or sent
 
     def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str, str]]) -> None:
+        if self.fast is not None:
+            body = "".join(
+                f"<Part><PartNumber>{n}</PartNumber><ETag>{escape(etag)}</ETag>"
+                + (f"<ChecksumCRC32>{escape(crc)}</ChecksumCRC32>" if self.checksum and crc else "") + "</Part>"
+                for n, etag, crc in parts)
+            body = f'<CompleteMultipartUpload xmlns="{_S3_NS}">{body}</CompleteMultipartUpload>'.encode()
+            self._retrying("complete_multipart_upload", key, lambda: self.fast.answer_field(
+                "complete_multipart_upload", "POST", key, None, body, {"content-type": "application/xml"},
+                {"uploadId": upload_id}))
+            return
         spec = []
         for number, etag, crc in parts:
             p = {"PartNumber": number, "ETag": etag}
@@ -274,7 +291,11 @@ class S3Store:
 
     def abort_multipart(self, key: str, upload_id: str) -> None:
         try:
-            self._call("abort_multipart_upload", Key=key, UploadId=upload_id)
+            if self.fast is not None:
+                self._retrying("abort_multipart_upload", key, lambda: self.fast.request(
+                    "abort_multipart_upload", "DELETE", key, query={"uploadId": upload_id}))
+            else:
+                self._call("abort_multipart_upload", Key=key, UploadId=upload_id)
         except NoSuchUpload:
             pass
 
@@ -450,8 +471,9 @@ def _translate_transport_error(op: str, e: Exception) -> StoreError:
 
 
 class _Signed:
-    """Requests signed here (AWS Signature V4) and sent on an httpconn pool: PutObject,
-    UploadPart, HeadBucket, HeadObject, DeleteObject. The body's SHA-256 goes into the
+    """Requests signed here (AWS Signature V4) and sent on an httpconn pool: PutObject, the
+    multipart steps (create, part, complete, abort), HeadBucket, HeadObject, DeleteObject;
+    botocore keeps the listings, copies and batch deletes. The body's SHA-256 goes into the
     signature per s3.sign_payload: by default over http only, as botocore does (over https
     TLS protects the body); a store that verifies CRC32 checks the one sent with it.
 
@@ -542,6 +564,30 @@ class _Signed:
         raise _classify(op, key or "", code, r.status, _xml_field(text, "Message"))
 
 
+    def answer_field(self, op: str, method: str, key: str, name: str | None, body: bytes = b"",
+                     headers: dict[str, str] | None = None, query: dict[str, str] | None = None) -> str:
+        """request(), then one field of the answer's XML (none: only the check). An <Error>
+        in a 2xx answer (S3 may send one with 200 to CompleteMultipartUpload) raises as if
+        it had come with its own status."""
+        text = self.request(op, method, key, body, headers, query).data.decode("utf-8", "replace")
+        if "<Error>" in text:
+            code = _xml_field(text, "Code")
+            raise _classify(op, key, code, 500 if code in _RETRY_CODES else 400, _xml_field(text, "Message"))
+        if name is None:
+            return ""
+        value = _xml_field(text, name)
+        if not value:
+            raise RetryableStoreError(f"{op} for key {key!r}: no {name} in the answer: {text[:200]!r}")
+        return value
+
+
+def _object_headers(metadata: dict[str, str] | None, content_type: str) -> dict[str, str]:
+    headers = {"content-type": content_type}
+    if metadata:
+        headers.update({"x-amz-meta-" + k: v for k, v in metadata.items()})
+    return headers
+
+
 def _xml_field(text: str, name: str) -> str:
     m = re.search(f"<{name}>(.*?)</{name}>", text, re.S)
-    return m.group(1) if m else ""
+    return unescape(m.group(1)) if m else ""

@@ -1,7 +1,7 @@
 """Where the store's credentials, region and endpoint come from, against a real SeaweedFS.
 
 The environment's keys are signed with directly (botocore is not even imported for a task
-that only needs single PUTs, HEADs and DELETEs); a named profile goes through botocore's
+that only needs single PUTs, multipart uploads, HEADs and DELETEs); a named profile goes through botocore's
 chain and, as there, beats keys in the environment; a shared credentials file works."""
 from __future__ import annotations
 
@@ -12,12 +12,20 @@ import sys
 from conftest import list_keys, run_export
 
 CHECK = """
-import sys
+import sys, zlib
 from pfsxport.config import S3Settings
 from pfsxport.store import S3Store
 s = S3Store(sys.argv[1], S3Settings(profile=sys.argv[2] or None))
+s.checksum = True
 s.put_object("probe/x", b"hello", {"file-permissions": "0100644"}, "text/plain")
-print(s.head_object("probe/x")["ContentLength"], "botocore.session" in sys.modules)
+u = s.create_multipart("probe/big", {"file-permissions": "0100600"}, "application/octet-stream")
+parts = [b"x" * (5 << 20), b"end"]
+done = [(n, *s.upload_part("probe/big", u, n, p, zlib.crc32(p))) for n, p in enumerate(parts, 1)]
+s.complete_multipart("probe/big", u, done)
+s.abort_multipart("probe/gone", s.create_multipart("probe/gone", {}, "text/plain"))
+big = s.head_object("probe/big")
+print(s.head_object("probe/x")["ContentLength"], big["ContentLength"], big["Metadata"]["file-permissions"],
+      "botocore.session" in sys.modules)
 """
 
 
@@ -36,7 +44,8 @@ def test_keys_from_the_environment_need_no_botocore(seaweed):
     r = subprocess.run([sys.executable, "-c", CHECK, bucket, ""], env={**_no_aws_env(), **seaweed.env()},
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == ["5", "False"]
+    assert r.stdout.split() == ["5", str((5 << 20) + 3), "0100600", "False"]
+    assert seaweed.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []  # the abort
 
 
 def test_a_named_profile_goes_through_botocore(seaweed, tmp_path):
@@ -46,7 +55,7 @@ def test_a_named_profile_goes_through_botocore(seaweed, tmp_path):
     r = subprocess.run([sys.executable, "-c", CHECK, bucket, "site"], env=env, capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == ["5", "True"]
+    assert r.stdout.split() == ["5", str((5 << 20) + 3), "0100600", "True"]
 
 
 def test_an_explicit_profile_beats_keys_in_the_environment(seaweed, tmp_path):
