@@ -563,16 +563,15 @@ class _Signed:
         code = _xml_field(text, "Code") or {403: "AccessDenied", 404: missing, 503: "SlowDown"}.get(r.status, "")
         raise _classify(op, key or "", code, r.status, _xml_field(text, "Message"))
 
-
     def answer_field(self, op: str, method: str, key: str, name: str | None, body: bytes = b"",
                      headers: dict[str, str] | None = None, query: dict[str, str] | None = None) -> str:
         """request(), then one field of the answer's XML (none: only the check). An <Error>
-        in a 2xx answer (S3 may send one with 200 to CompleteMultipartUpload) raises as if
-        it had come with its own status."""
-        text = self.request(op, method, key, body, headers, query).data.decode("utf-8", "replace")
+        in a 2xx answer (S3 may send one with 200 to CompleteMultipartUpload) raises by its
+        code, as any other error answer."""
+        r = self.request(op, method, key, body, headers, query)
+        text = r.data.decode("utf-8", "replace")
         if "<Error>" in text:
-            code = _xml_field(text, "Code")
-            raise _classify(op, key, code, 500 if code in _RETRY_CODES else 400, _xml_field(text, "Message"))
+            raise _classify(op, key, _xml_field(text, "Code"), r.status, _xml_field(text, "Message"))
         if name is None:
             return ""
         value = _xml_field(text, name)
