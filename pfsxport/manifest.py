@@ -3,12 +3,15 @@ journal of open multipart uploads. One manifest per (file system, repository).
 
 Local: no MPI, no S3. Layout under STATE/manifests/ID/:
   manifest.sqlite   entries(dir, name, size, mtime, ctime, mode, uid, gid, ino), uploads, parts
-  deltas/TASK/rank-R.log   what rank R made durable during TASK (JSON lines, appended)
+  deltas/TASK/rank-R.log   what rank R made durable during TASK (JSON lines, appended),
+                           and the entries it was about to send (intents)
 
 During a task nobody writes the SQLite file: every rank reads it with immutable=1 (no
 locks, which shared file systems may not have) one directory at a time, so memory per
 rank is bounded by the largest directory. Ranks append to their own delta log right
-after each object is durable in S3; rank 0 merges the logs into the SQLite file when
+after each object is durable in S3, and before sending anything, an intent for each entry
+they are about to send: a kill between a PUT and its record leaves the intent, so the next
+scan sends the entry again, or deletes its object if the entry is gone. Rank 0 merges the logs into the SQLite file when
 the task ends, or when the next task starts if the job died. Paths are stored as bytes
 (os.fsencode), so names that are not UTF-8 round-trip.
 """
@@ -164,11 +167,11 @@ class DeltaLog:
 
     def flush(self) -> None:
         """Write what was added; a process killed after this loses none of it (page cache)."""
-        with self._lock:
-            lines, self._pending = self._pending, []
-        if lines:
-            self._f.write("\n".join(lines) + "\n")
-            self._f.flush()
+        with self._lock:  # held while writing: threads flush too, and lines must not interleave
+            if self._pending:
+                self._f.write("\n".join(self._pending) + "\n")
+                self._f.flush()
+                self._pending = []
 
     def close(self) -> None:
         self.flush()
@@ -219,12 +222,26 @@ class Manifest:
 
 
 _PUT = "INSERT OR REPLACE INTO entries VALUES (?,?,?,?,?,?,?,?,?)"
+# An intent: the entry's object may exist. Its size of -1 matches no stat, so the entry is
+# sent again, or its object deleted once the entry is gone; what is known already stays.
+_INTENT = "INSERT OR IGNORE INTO entries VALUES (?,?,-1,0,0,?,0,0,0)"
 
 
 def _apply(con: sqlite3.Connection, lines) -> None:
-    """Apply a delta log's records in order; runs of puts (most of any log) go in one
-    executemany."""
+    """Apply a delta log's records in order. Runs of puts and intents (most of any log) go
+    in one executemany each; an intent its put followed is dropped, and within a run a put
+    wins over an intent whatever their order."""
     puts: list[tuple] = []
+    intents: dict[str, int] = {}
+
+    def run_out() -> None:
+        if intents:
+            con.executemany(_INTENT, [(*split(p), mode) for p, mode in intents.items()])
+            intents.clear()
+        if puts:
+            con.executemany(_PUT, puts)
+            puts.clear()
+
     for line in lines:
         try:
             r = json.loads(line)
@@ -232,11 +249,13 @@ def _apply(con: sqlite3.Connection, lines) -> None:
             continue
         op = r[0]
         if op == "P":
+            intents.pop(r[1], None)
             puts.append((*split(r[1]), *r[2:9]))
             continue
-        if puts:
-            con.executemany(_PUT, puts)
-            puts = []
+        if op == "I":
+            intents[r[1]] = r[2]
+            continue
+        run_out()
         if op == "D":
             con.execute("DELETE FROM entries WHERE dir = ? AND name = ?", split(r[1]))
         elif op == "T":
@@ -252,8 +271,7 @@ def _apply(con: sqlite3.Connection, lines) -> None:
         elif op == "E":
             con.execute("DELETE FROM uploads WHERE upload_id = ?", (r[1],))
             con.execute("DELETE FROM parts WHERE upload_id = ?", (r[1],))
-    if puts:
-        con.executemany(_PUT, puts)
+    run_out()
 
 
 def _open_uploads(con: sqlite3.Connection) -> list[OpenUpload]:

@@ -44,7 +44,7 @@ class TransferOptions:
 # an export at a known moment. Never set in production.
 _TEST_DELAY = float(os.environ.get("PFSXPORT_TEST_ENTRY_DELAY", "0") or 0)
 # Test hook: "POINT" or "POINT@RANK" kills this process with SIGKILL the first time it reaches
-# POINT (between-parts, after-last-part, before-complete), to test crash and resume.
+# POINT (after-put, between-parts, after-last-part, before-complete), to test crash and resume.
 _TEST_KILL_AT = os.environ.get("PFSXPORT_TEST_KILL_AT", "")
 
 
@@ -72,6 +72,9 @@ class _NoDelta:
         pass
 
     def put(self, path, rec) -> None:
+        pass
+
+    def flush(self) -> None:
         pass
 
 
@@ -115,6 +118,25 @@ class Transfer:
 
     def is_large(self, e: Entry) -> bool:
         return e.kind is EntryKind.FILE and e.size > self.opts.multipart_threshold
+
+    def intend(self, units: list) -> None:
+        """Record the entries these units may write to S3 before any of them is sent. A
+        process killed between a PUT and its put record then still leaves the manifest
+        knowing that the key may exist: the next scan sends it again, or deletes it if the
+        entry is gone by then (an `I` record never replaces what the manifest knew)."""
+        added = False
+        for unit in units:
+            if isinstance(unit, BatchUnit):
+                entries = unit.entries
+            elif isinstance(unit, (LargeFileUnit, CopyUnit)):
+                entries = [unit.entry]
+            else:
+                continue
+            for e in entries:
+                self.delta.add("I", e.path, e.mode)
+                added = True
+        if added:
+            self.delta.flush()
 
     def run(self, unit) -> UnitOutcome:
         """Execute one unit other than a BatchUnit (whose entries run one by one)."""
@@ -431,6 +453,8 @@ class Transfer:
                 os.close(fd)
             crc = zlib.crc32(data)
             self.store.put_object(key, data, fsx_headers(fresh), content_type(fresh.kind), crc)
+            if _TEST_KILL_AT:
+                _test_kill("after-put", self.rank)
             self.delta.put(e.path, fresh.rec())
             return ReportRow(e.path, fresh.kind.value, fresh.size, RowStatus.SUCCEEDED, bytes=len(data),
                              parts=1, checksum=checksum.fmt(crc), retries=self.store.take_retries() + attempt,

@@ -147,6 +147,7 @@ class Worker:
                         backoff = min(0.02, max(0.001, backoff * 2))
                     else:
                         backoff = 0.0
+                        self.transfer.intend(reply)
                         for unit in reply:
                             tasks = self._tasks(unit)
                             partial[unit.uid] = [len(tasks), UnitOutcome(unit.uid)]

@@ -112,6 +112,25 @@ def test_delete_removes_what_pfsxport_wrote_and_is_gone_only(seaweed, tmp_path):
     assert r.returncode == 0 and exported_paths(state, t) == {}
 
 
+def test_an_object_sent_just_before_a_kill_is_deleted_when_its_file_goes(seaweed, tmp_path):
+    """Killed between a PUT and its manifest record: the manifest still knows the key may
+    be there, so --delete removes it once its file is gone (it is not left behind forever)."""
+    root, state = tmp_path / "fs", str(tmp_path / "st")
+    make_tree(root)
+    bucket = seaweed.new_bucket()
+    c = seaweed.client()
+    killed, _ = export(seaweed, root, bucket, state, ranks=1, env={"PFSXPORT_TEST_KILL_AT": "after-put"})
+    assert killed.returncode != 0
+    sent = [k for k in list_keys(c, bucket, "x/") if not k.endswith("/")]
+    assert sent  # at least the file whose record the kill cut off
+    for key in sent:
+        os.unlink(os.path.join(root, key[2:]))
+    r, t = export(seaweed, root, bucket, state, "--delete", ranks=2)
+    assert r.returncode == 0, r.stderr
+    assert set(sent) <= {f"x/{p}" for p, s in exported_paths(state, t).items() if s == "deleted"}
+    assert_bucket_matches_tree(c, bucket, "x/", str(root), dir_metadata=False, content_types=False)
+
+
 class Poller(threading.Thread):
     """Reads every key of the bucket over and over while a test runs: an object is either
     absent or whole (equal to the file), never partial."""

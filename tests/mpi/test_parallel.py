@@ -49,6 +49,9 @@ class FakeTree:
         dirs = [] if depth >= self.DEPTH else [f"{unit.path}/d{i}".lstrip("/") for i in range(self.FANOUT)]
         return UnitOutcome(unit.uid, units=self.route(files) + [DirUnit(d) for d in dirs])
 
+    def intend(self, units):
+        pass
+
     def export_entry(self, e):
         return UnitOutcome(0, rows=[ReportRow(e.path, "file", 1, RowStatus.SUCCEEDED, rank=self.rank)])
 

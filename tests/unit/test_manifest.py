@@ -77,6 +77,30 @@ def test_records_of_one_log_apply_in_order(manifest):
     assert r.directory("d") == {b"y": REC}
 
 
+def test_an_intent_without_its_put_leaves_an_entry_that_matches_no_stat(manifest):
+    """A rank killed between a PUT and its record: the manifest still learns that the key
+    may exist (so a later scan re-sends it, or deletes it once the entry is gone); an intent
+    never replaces what was known, and a put always wins over one."""
+    log = manifest.delta_log("t1", 0)
+    log.put("known", REC)
+    log.close()
+    manifest.merge()
+    log = manifest.delta_log("t2", 0)
+    for path, mode in [("sent", REC[3]), ("cut", REC[3]), ("d", DIR[3]), ("known", REC[3])]:
+        log.add("I", path, mode)
+    log.put("sent", REC)
+    log.put("late", REC)
+    log.add("I", "late", REC[3])  # an intent after its put, in the same run
+    log.add("D", "gone")  # ends the run
+    log.close()
+    manifest.merge()
+    got = manifest.reader().directory("")
+    assert got[b"sent"] == REC and got[b"known"] == REC and got[b"late"] == REC
+    assert got[b"cut"] == (-1, 0, 0, REC[3], 0, 0, 0)
+    assert got[b"d"] == (-1, 0, 0, DIR[3], 0, 0, 0)  # its mode says the key ends in "/"
+    assert set(got) == {b"sent", b"known", b"late", b"cut", b"d"}
+
+
 def test_a_log_cut_off_by_a_kill_loses_only_its_last_line(manifest):
     log = manifest.delta_log("t", 0)
     log.put("a", REC)
