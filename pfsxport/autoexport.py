@@ -142,7 +142,8 @@ class AutoExport:
         t = cfg.transfer
         self.layouts = LayoutSource(t.lfs, t.stripe_size)
         self.opts = TransferOptions(t.part_size, t.multipart_threshold, cfg.s3.max_object_size,
-                                    t.batch_entries, t.busy_retries)
+                                    t.batch_entries, t.busy_retries,
+                                    t.parts_in_flight * t.part_size)
 
     # ---- associations ------------------------------------------------------------------
 

@@ -61,7 +61,7 @@ def _export_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--part-size", help="target multipart part size, rounded up to the stripe size (default 16MiB)")
     p.add_argument("--multipart-threshold", help="files above this go multipart (default 64MiB)")
     p.add_argument("--stripe-size", help="stripe size when `lfs` is not available (default 1MiB)")
-    p.add_argument("--concurrency", help="small-file requests in flight per rank (default 32)")
+    p.add_argument("--concurrency", help="small-file requests in flight per rank (default 64)")
     p.add_argument("--parts-in-flight", help="multipart parts in flight per rank (default 8)")
     p.add_argument("--reads-per-ost", help="part reads in flight per Lustre OST over all ranks (default 8; 0: no cap)")
     p.add_argument("--lfs", help="path of `lfs`, 'auto' (PATH) or 'off'")
@@ -150,7 +150,7 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--addressing-style", choices=["auto", "path", "virtual"])
     x.add_argument("--checksum", choices=["auto", "crc32", "none"])
     x.add_argument("--sign-payload", choices=["auto", "always", "never"])
-    x.add_argument("--concurrency", help="requests in flight (default 32)")
+    x.add_argument("--concurrency", help="requests in flight (default 64)")
     x.add_argument("--lfs", help="path of `lfs`, 'auto' (PATH) or 'off'")
     x.add_argument("--source", choices=["auto", "inotify", "changelog", "poll"],
                    help="event source (default auto: the Lustre changelog when --changelog-mdt is given, else inotify)")

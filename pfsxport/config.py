@@ -39,7 +39,7 @@ class TransferSettings:
     part_size: int = 16 * MiB
     multipart_threshold: int = 64 * MiB
     stripe_size: int = 1 * MiB
-    concurrency: int = 32
+    concurrency: int = 64
     parts_in_flight: int = 8
     reads_per_ost: int = 8  # part reads in flight per OST, job-wide (0: no cap)
     batch_entries: int = 64

@@ -12,6 +12,7 @@ import itertools
 import logging
 import os
 import stat as _stat
+import threading
 import time
 import zlib
 from dataclasses import dataclass
@@ -38,6 +39,35 @@ class TransferOptions:
     max_object_size: int
     batch_entries: int
     busy_retries: int
+    body_budget: int = 0  # bytes of single-PUT bodies a rank holds at once (0: no cap)
+
+
+# Files this small go without asking the budget: `concurrency` of them are little memory.
+_UNBUDGETED = 64 << 10
+
+
+class ByteBudget:
+    """The bytes of file bodies a rank holds in memory for single PUTs. A thread waits for
+    room before it reads, so many files just under the multipart threshold cannot add up to
+    concurrency x threshold; one file larger than the whole budget waits for all of it."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.free = capacity
+        self._cond = threading.Condition()
+
+    def take(self, n: int) -> int:
+        n = min(n, self.capacity)
+        with self._cond:
+            while self.free < n:
+                self._cond.wait()
+            self.free -= n
+        return n
+
+    def give(self, n: int) -> None:
+        with self._cond:
+            self.free += n
+            self._cond.notify_all()
 
 
 # Test hook: seconds to sleep before each entry and part, so tests can cancel or interrupt
@@ -112,6 +142,7 @@ class Transfer:
         self.hold = hold
         self.renamed = renamed or (lambda path: False)
         self.passed = passed
+        self.bodies = ByteBudget(opts.body_budget) if opts.body_budget else None
 
     def abspath(self, rel: str) -> str:
         return os.path.join(self.fs_root, rel)
@@ -270,6 +301,9 @@ class Transfer:
             path = join_path(parent, os.fsdecode(name))
             if self.passed is not None and path in self.passed and self.passed[path] is None:
                 continue  # left in S3 by the policy before
+            if key_error(self._key_of(path, rec[3])) is not None:
+                self.delta.add("D", path)  # an intent whose key no store takes: no object to delete
+                continue
             if ("CHANGED" if self.renamed(path) else "DELETED") in self.events:
                 named.append((path, rec[3]))
             elif self.passed is not None:
@@ -413,7 +447,14 @@ class Transfer:
             self.delta.put(e.path, e.rec())
             return self._row(e, RowStatus.SUCCEEDED, bytes=len(target), retries=self.store.take_retries(),
                              checksum=checksum.fmt(crc))
-        return self._export_small_file(e, key)
+        budget = self.bodies
+        if budget is None or e.size <= _UNBUDGETED:
+            return self._export_small_file(e, key)
+        held = budget.take(e.size)
+        try:
+            return self._export_small_file(e, key)
+        finally:
+            budget.give(held)
 
     def _open(self, e: Entry) -> int | ReportRow:
         try:
