@@ -56,6 +56,35 @@ class Server:
         return name
 
 
+def _mapped_shm() -> set[str]:
+    """Names under /dev/shm that a live process still maps."""
+    names = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                names.update(line.rsplit("/", 1)[1].strip() for line in f if "/dev/shm/" in line)
+        except OSError:
+            continue
+    return names
+
+
+@pytest.fixture(scope="session", autouse=True)
+def mpich_shared_memory():
+    """Ranks killed with SIGKILL (the crash tests) leave MPICH's shared-memory segments in
+    /dev/shm; the ones this session made and nobody maps any more are removed at its end."""
+    shm = "/dev/shm"
+    before = set(os.listdir(shm)) if os.path.isdir(shm) else set()
+    yield
+    if not os.path.isdir(shm):
+        return
+    left = {n for n in os.listdir(shm) if n.startswith("mpich_shm_")} - before
+    for name in left - _mapped_shm():
+        try:
+            os.unlink(os.path.join(shm, name))
+        except OSError:
+            pass
+
+
 @pytest.fixture(scope="session")
 def seaweed(tmp_path_factory):
     s = SeaweedFS(str(tmp_path_factory.mktemp("seaweedfs"))).start()

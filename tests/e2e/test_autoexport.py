@@ -17,7 +17,9 @@ from pfsxport.config import file_system_id_for
 from treeutil import assert_bucket_matches_tree, posix_headers
 
 
-def eventually(check, timeout: float = 60.0, what: str = ""):
+def eventually(check, timeout: float = 60.0, what: str = "", show=None):
+    """Poll `check` until it is true; on a timeout, fail with its last value and `show()`
+    (e.g. the bucket's keys at that moment)."""
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -28,7 +30,7 @@ def eventually(check, timeout: float = 60.0, what: str = ""):
         except AssertionError as e:  # noqa: PERF203
             last = e
         time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what or check}: {last}")
+    raise AssertionError(f"timed out waiting for {what or check}: {last}" + (f"; now {show()}" if show else ""))
 
 
 class Service:
@@ -141,7 +143,8 @@ def test_new_changed_deleted_renames_and_metadata(seaweed, service):
         f.write(b"x" * 1000)
     os.symlink("a.dat", os.path.join(res, "link"))
     eventually(lambda: {"out/a.dat", "out/run1/", "out/run1/sub/", "out/run1/sub/x", "out/link"}
-               <= set(list_keys(c, bucket)), what="new entries")
+               <= set(list_keys(c, bucket)), what="new entries",
+               show=lambda: sorted(list_keys(c, bucket)))
     assert body(c, bucket, "out/link") == b"a.dat"
     assert meta(c, bucket, "out/a.dat") == posix_headers(os.lstat(os.path.join(res, "a.dat")))
     # CHANGED: content, then chmod and utime as metadata
@@ -156,12 +159,14 @@ def test_new_changed_deleted_renames_and_metadata(seaweed, service):
     os.rename(os.path.join(res, "a.dat"), os.path.join(res, "b.dat"))
     os.rename(os.path.join(res, "run1"), os.path.join(res, "run2"))
     eventually(lambda: set(list_keys(c, bucket)) == {"out/b.dat", "out/run2/", "out/run2/sub/", "out/run2/sub/x",
-                                                     "out/link"}, what="renames")
+                                                     "out/link"}, what="renames",
+               show=lambda: sorted(list_keys(c, bucket)))
     # DELETED: a file and a directory tree
     os.unlink(os.path.join(res, "link"))
     import shutil
     shutil.rmtree(os.path.join(res, "run2"))
-    eventually(lambda: set(list_keys(c, bucket)) == {"out/b.dat"}, what="deletes")
+    eventually(lambda: set(list_keys(c, bucket)) == {"out/b.dat"}, what="deletes",
+               show=lambda: sorted(list_keys(c, bucket)))
     assert_bucket_matches_tree(c, bucket, "out/", res, dir_metadata=False, content_types=False)
     st = eventually(lambda: s.stats(aid)["Deleted"] == 8 and s.stats(aid), 10, "the status")
     assert st["Failed"] == 0  # 8 deleted: a.dat, run1/ sub/ x by the renames, link, run2/ sub/ x

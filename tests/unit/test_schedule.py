@@ -481,3 +481,19 @@ def test_scarce_work_is_shared_not_taken_by_the_first_rank_to_ask():
     others = [s.exchange(r, [], 0, 16) for r in (1, 2, 3)]
     assert [len(o) for o in others] == [1, 1, 1]
     assert len({u.uid for u in first + sum(others, [])}) == 5
+
+
+def test_gone_entries_are_deleted_except_where_no_object_can_be():
+    """An intent for an entry whose key no store takes (over 1024 bytes) left a record but
+    never an object: it is forgotten, not sent to the store as a delete."""
+    t = _transfer()
+    t.events = frozenset({"NEW", "CHANGED", "DELETED"})
+    records = []
+    t.delta.add = lambda *r: records.append(r)
+    long_name = "n" * 1100
+    gone = {b"f": (1, 0, 0, 0o100644, 0, 0, 1), b"d": (-1, 0, 0, 0o40755, 0, 0, 0),
+            long_name.encode(): (-1, 0, 0, 0o100644, 0, 0, 0)}
+    units = t.deletions("dir", gone)
+    assert sorted(type(u).__name__ for u in units) == ["DeleteTreeUnit", "DeleteUnit"]
+    assert [u.gone for u in units if type(u).__name__ == "DeleteUnit"] == [[("dir/f", 0o100644)]]
+    assert records == [("D", f"dir/{long_name}")]
