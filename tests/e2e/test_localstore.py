@@ -17,8 +17,11 @@ def sockets(ports) -> list[str]:
 
 def test_a_server_that_never_answers_in_time_fails_clearly_and_leaves_nothing():
     s = SeaweedFS(startup_timeout=0.3)
-    with pytest.raises(RuntimeError) as e:
-        s.start()
+    try:
+        with pytest.raises(RuntimeError) as e:
+            s.start()
+    finally:
+        s.stop()  # a no-op after a failed start; a server that did answer is not left running
     msg = str(e.value)
     assert "did not answer within 0s" in msg and "an earlier attempt failed too" in msg
     assert s.proc.poll() is not None
