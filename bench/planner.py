@@ -50,6 +50,7 @@ worth of units, not the tree).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import os
@@ -212,8 +213,13 @@ class Ranks:
 
     def execute(self, unit, rank: int) -> UnitOutcome:
         t = self.transfer
-        if isinstance(unit, DirUnit):
-            return t.scan(unit)  # the real scan: Entry.from_stat, route, subdirectory scans
+        if isinstance(unit, DirUnit):  # the real scan: Entry.from_stat, route, subdirectory scans
+            out = t.scan(dataclasses.replace(unit, entry=None))
+            if unit.entry is not None:  # the directory's own object first, as Transfer.export_entry reports it
+                e = unit.entry
+                out.rows.insert(0, ReportRow(e.path, e.kind.value, 0, RowStatus.SUCCEEDED, checksum="AAAAAA==",
+                                             rank=rank, seconds=0.001))
+            return out
         if isinstance(unit, BatchUnit):  # Transfer.export_entry per entry: one row each
             return UnitOutcome(unit.uid, rows=[
                 ReportRow(e.path, e.kind.value, e.size, RowStatus.SUCCEEDED, bytes=e.size, parts=1,

@@ -120,11 +120,16 @@ class Part:
 @dataclass(slots=True)
 class DirUnit:
     """Scan one directory (relative path) and emit its children. A shallow scan (auto-export
-    of a directory that saw events) descends only into subdirectories new to the manifest."""
+    of a directory that saw events) descends only into subdirectories new to the manifest.
+
+    `entry`: the directory's own object, when it is due, is written before its children are
+    listed: a store with real directories (SeaweedFS) can lose a marker written while its
+    first child's upload creates the folder."""
 
     path: str
     uid: int = 0
     shallow: bool = False
+    entry: Entry | None = None
 
 
 @dataclass(slots=True)

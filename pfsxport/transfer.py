@@ -159,7 +159,7 @@ class Transfer:
         for unit in units:
             if isinstance(unit, BatchUnit):
                 entries = unit.entries
-            elif isinstance(unit, (LargeFileUnit, CopyUnit)):
+            elif isinstance(unit, (LargeFileUnit, CopyUnit)) or isinstance(unit, DirUnit) and unit.entry:
                 entries = [unit.entry]
             else:
                 continue
@@ -216,8 +216,9 @@ class Transfer:
         A directory larger than one scan piece is compared a piece at a time against just
         that piece's manifest records, so what it holds does not grow with the directory
         beyond its changed entries."""
+        out = self.export_entry(unit.entry) if unit.entry is not None else UnitOutcome(0)
+        out.uid = unit.uid
         res = scan_dir(self.fs_root, unit.path, self.skip)
-        out = UnitOutcome(unit.uid)
         if res.error is not None:
             if not isinstance(res.error, FileNotFoundError):
                 out.rows.append(self._row(Entry(unit.path, EntryKind.DIRECTORY, 0, 0, 0, 0, 0, 0, 0),
@@ -245,7 +246,7 @@ class Transfer:
                 base = os.fsencode(self.abspath(unit.path))
                 for page in self.manifest.pages(unit.path):
                     gone.update((name, rec) for name, rec in page if not os.path.lexists(os.path.join(base, name)))
-        out.units = self.route(changed) + dirs
+        out.units += self.route(changed) + dirs
         if gone:  # what is left of the manifest's records is gone from the directory
             out.units += self.deletions(unit.path, gone)
         out.discovered = Discovered(count, sum(e.size for e in changed if e.kind is EntryKind.FILE), unchanged)
@@ -260,16 +261,19 @@ class Transfer:
         for name, st in items:
             before = previous.pop(name, None)
             mode = st.st_mode
-            if _stat.S_ISDIR(mode) and (before is None or not unit.shallow):
-                dirs.append(DirUnit(prefix + os.fsdecode(name)))
+            walk = _stat.S_ISDIR(mode) and (before is None or not unit.shallow)
             if before is not None and not self.full and before == (
                     st.st_size, st.st_mtime_ns, st.st_ctime_ns, mode, st.st_uid, st.st_gid, st.st_ino):
                 unchanged += 1
+                if walk:
+                    dirs.append(DirUnit(prefix + os.fsdecode(name)))
                 continue
             e = Entry.from_stat(prefix + os.fsdecode(name), st)
-            if self.passed is not None and self.passed.get(e.path) == e.rec():
-                continue  # left alone by the policy before, and unchanged since
-            if self._wanted(e, before is None):
+            wanted = not (self.passed is not None and self.passed.get(e.path) == e.rec()) and \
+                self._wanted(e, before is None)  # (passed: left alone by the policy before, unchanged since)
+            if walk:  # its own object goes first, then its children (DirUnit.entry)
+                dirs.append(DirUnit(e.path, entry=e if wanted else None))
+            elif wanted:
                 changed.append(e)
         return unchanged
 

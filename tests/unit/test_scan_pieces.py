@@ -51,7 +51,8 @@ def scan(root: str, m: Manifest, events, monkeypatch, piece: int):
     t = Transfer(root, S3Url("b", "x/"), None, LayoutSource("off", 1 << 20), TransferOptions(16 << 20, 64 << 20, 5 << 40, 64, 3),
                  manifest=m.reader(), events=events)
     out = t.scan(DirUnit("big"))
-    exported = sorted(e.path for u in out.units if isinstance(u, BatchUnit) for e in u.entries)
+    exported = sorted([e.path for u in out.units if isinstance(u, BatchUnit) for e in u.entries] +
+                      [u.entry.path for u in out.units if isinstance(u, DirUnit) and u.entry])  # dirs: own unit
     scans = sorted(u.path for u in out.units if isinstance(u, DirUnit))
     deleted = sorted([p for u in out.units if isinstance(u, DeleteUnit) for p, _ in u.gone] +
                      [u.path for u in out.units if isinstance(u, DeleteTreeUnit)])
