@@ -141,9 +141,7 @@ class AutoExport:
         self.status_path = os.path.join(cfg.state_dir, "autoexport", f"{self.fsid}.json")
         t = cfg.transfer
         self.layouts = LayoutSource(t.lfs, t.stripe_size)
-        self.opts = TransferOptions(t.part_size, t.multipart_threshold, cfg.s3.max_object_size,
-                                    t.batch_entries, t.busy_retries,
-                                    t.parts_in_flight * t.part_size)
+        self.opts = TransferOptions.of(t, cfg.s3.max_object_size)
 
     # ---- associations ------------------------------------------------------------------
 

@@ -381,9 +381,7 @@ def _run_leg(world, cfg: ExportConfig, task_id: str, leg: Leg, scheduler: Schedu
     reader = manifest.reader()
     delta = manifest.delta_log(task_id, world.rank)
     transfer = Transfer(leg.fs_root, leg.repository, store, LayoutSource(t.lfs, t.stripe_size),
-                        TransferOptions(t.part_size, t.multipart_threshold, cfg.s3.max_object_size,
-                                        t.batch_entries, t.busy_retries,
-                                        t.parts_in_flight * t.part_size),
+                        TransferOptions.of(t, cfg.s3.max_object_size),
                         rank=world.rank, skip=_skip_set(cfg, leg.fs_root), manifest=reader, delta=delta,
                         full=cfg.full, events=TASK_EVENTS | ({"DELETED"} if cfg.delete else set()))
     if world.rank == 0:

@@ -113,10 +113,7 @@ class SeaweedFS:
                 raise RuntimeError(f"SeaweedFS exited with {self.proc.returncode}: {self._log_tail()}")
             try:  # ready = an object written can be listed (the gateway follows the filer's changes)
                 c = self.client(attempts=1)  # this loop is the retry
-                try:
-                    c.create_bucket(Bucket=probe_bucket)
-                except c.exceptions.BucketAlreadyOwnedByYou:
-                    pass
+                self.create_bucket(probe_bucket, c)
                 c.put_object(Bucket=probe_bucket, Key="ready/probe", Body=b"ready")
                 listed = [o["Key"] for o in c.list_objects_v2(Bucket=probe_bucket).get("Contents", [])]
                 c.delete_object(Bucket=probe_bucket, Key="ready/probe")
@@ -166,8 +163,8 @@ class SeaweedFS:
                                                           response_checksum_validation="when_required",
                                                           retries={"max_attempts": attempts, "mode": "standard"}))
 
-    def create_bucket(self, name: str) -> None:
-        c = self.client()
+    def create_bucket(self, name: str, c=None) -> None:
+        c = c or self.client()
         try:
             c.create_bucket(Bucket=name)
         except c.exceptions.BucketAlreadyOwnedByYou:

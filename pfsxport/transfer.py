@@ -41,6 +41,13 @@ class TransferOptions:
     busy_retries: int
     body_budget: int = 0  # bytes of single-PUT bodies a rank holds at once (0: no cap)
 
+    @classmethod
+    def of(cls, t, max_object_size: int) -> "TransferOptions":
+        """From the transfer settings: single-PUT bodies may hold as much memory as the
+        parts in flight."""
+        return cls(t.part_size, t.multipart_threshold, max_object_size, t.batch_entries, t.busy_retries,
+                   t.parts_in_flight * t.part_size)
+
 
 # Files this small go without asking the budget: `concurrency` of them are little memory.
 _UNBUDGETED = 64 << 10
@@ -159,8 +166,8 @@ class Transfer:
         for unit in units:
             if isinstance(unit, BatchUnit):
                 entries = unit.entries
-            elif isinstance(unit, (LargeFileUnit, CopyUnit)) or isinstance(unit, DirUnit) and unit.entry:
-                entries = [unit.entry]
+            elif isinstance(unit, (LargeFileUnit, CopyUnit, DirUnit)):
+                entries = [unit.entry] if unit.entry else []
             else:
                 continue
             for e in entries:
@@ -269,8 +276,8 @@ class Transfer:
                     dirs.append(DirUnit(prefix + os.fsdecode(name)))
                 continue
             e = Entry.from_stat(prefix + os.fsdecode(name), st)
-            wanted = not (self.passed is not None and self.passed.get(e.path) == e.rec()) and \
-                self._wanted(e, before is None)  # (passed: left alone by the policy before, unchanged since)
+            left_alone = self.passed is not None and self.passed.get(e.path) == e.rec()  # by the policy, unchanged
+            wanted = not left_alone and self._wanted(e, before is None)
             if walk:  # its own object goes first, then its children (DirUnit.entry)
                 dirs.append(DirUnit(e.path, entry=e if wanted else None))
             elif wanted:
