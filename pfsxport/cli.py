@@ -17,6 +17,7 @@ import sys
 from . import __version__
 from .config import SCHEMA, ConfigError, default_state_dir, load, load_yaml
 from .errors import ExitCode, PfsxError, TaskError
+from .metadata import one_line
 
 log = logging.getLogger("pfsxport")
 
@@ -35,9 +36,19 @@ EXPORT_FLAGS = {
 }
 
 
+class OneLineFormatter(logging.Formatter):
+    """Every log line is one line: names in messages cannot forge another (tracebacks, our
+    own text, still follow on lines of their own)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = one_line(record.message)
+        return super().formatMessage(record)
+
+
 def _setup_logging(rank: int = 0) -> None:
-    logging.basicConfig(stream=sys.stderr, format=f"pfsxport[{rank}] %(asctime)s %(levelname)s %(message)s",
-                        datefmt="%H:%M:%S", level=logging.INFO if rank == 0 else logging.WARNING, force=True)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(OneLineFormatter(f"pfsxport[{rank}] %(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    logging.basicConfig(handlers=[handler], level=logging.INFO if rank == 0 else logging.WARNING, force=True)
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -170,11 +181,27 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+_FILTERS = ("file-system-id", "task-lifecycle", "data-repository-association-id")
+
+
 def _parse_filter(text: str) -> tuple[str, list[str]]:
+    """One DescribeDataRepositoryTasks filter; a name or a lifecycle that does not exist is
+    an error (FSx answers BadRequest), not a filter that silently matches nothing."""
+    from .lifecycle import TaskLifecycle
+
     parts = dict(kv.split("=", 1) for kv in _split_filter(text))
     if "Name" not in parts or "Values" not in parts:
         raise ConfigError(f"--filter {text!r}: expected Name=NAME,Values=V1,V2")
-    return parts["Name"], [v for v in parts["Values"].split(",") if v]
+    name, values = parts["Name"], [v for v in parts["Values"].split(",") if v]
+    if name not in _FILTERS:
+        raise ConfigError(f"--filter {text!r}: unknown filter name {name!r} (use {', '.join(_FILTERS)})")
+    if not values:
+        raise ConfigError(f"--filter {text!r}: no values")
+    bad = [v for v in values if name == "task-lifecycle" and v not in TaskLifecycle.__members__]
+    if bad:
+        raise ConfigError(f"--filter {text!r}: {', '.join(bad)} is not a task lifecycle "
+                          f"({', '.join(TaskLifecycle.__members__)})")
+    return name, values
 
 
 def _split_filter(text: str) -> list[str]:
@@ -251,6 +278,7 @@ def _dra(args) -> int:
     from .config import file_system_id_for
     from .dra import Association, AssociationLifecycle, new_association_id, normalize_events, validate_new
     from .state import StateDir
+    from .walk import refuse_symlinks
 
     state = StateDir(_state_dir(args))
     root = args.fs_root or (load_yaml(args.config).get("fs_root") if args.config else None)
@@ -272,6 +300,7 @@ def _dra(args) -> int:
         with state.editing_associations(fsid) as assocs:
             fs_path, repo, evs = validate_new(assocs, args.file_system_path, args.data_repository_path,
                                               events or [])
+            refuse_symlinks(root, fs_path.strip("/"), "FileSystemPath", last=True)
             if not os.path.isdir(os.path.join(root, fs_path.lstrip("/"))):
                 raise ConfigError(f"FileSystemPath {fs_path} is not a directory under {root}")
             new = Association(new_association_id(), fsid, fs_path, repo, evs)
@@ -300,6 +329,7 @@ def _dra(args) -> int:
     if args.delete_data_in_file_system:
         if not root:
             raise ConfigError("--delete-data-in-file-system needs --fs-root (or a --config with fs_root)")
+        refuse_symlinks(root, a.file_system_path.strip("/"), "FileSystemPath", last=True)
         _delete_data(os.path.join(root, a.file_system_path.lstrip("/")))
     with state.editing_associations(fsid) as assocs:
         assocs[:] = [x for x in assocs if x.association_id != a.association_id]
@@ -359,6 +389,8 @@ def _task(args) -> int:
         print(json.dumps({"Lifecycle": rec.lifecycle.value, "TaskId": rec.task_id}, indent=4))
         return 0
     filters = [_parse_filter(f) for f in args.filter]
+    if not os.path.isdir(state.tasks):
+        print(f"pfsxport: warning: no task records: {state.tasks} does not exist", file=sys.stderr)
     if args.task_ids:
         recs = [state.read(i) for i in args.task_ids]
     else:
@@ -424,8 +456,24 @@ def _auto_export(args) -> int:
     return serve(cfg)
 
 
+# options whose value is itself a command line: `--sbatch "--ntasks=2"` is that value, not an option
+_COMMAND_LINE_VALUES = ("--sbatch", "--launcher")
+
+
+def _join_command_line_values(argv: list[str]) -> list[str]:
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] in _COMMAND_LINE_VALUES and i + 1 < len(argv):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(_join_command_line_values(sys.argv[1:] if argv is None else argv))
     try:
         if args.command == "export":
             return _export(args)
@@ -441,10 +489,10 @@ def main(argv: list[str] | None = None) -> int:
 
             return demo(args.ranks, args.workdir)
     except TaskError as e:
-        print(f"pfsxport: {e}", file=sys.stderr)
+        print(f"pfsxport: {one_line(str(e))}", file=sys.stderr)
         return e.exit_code
     except PfsxError as e:
-        print(f"pfsxport: error: {e}", file=sys.stderr)
+        print(f"pfsxport: error: {one_line(str(e))}", file=sys.stderr)
         return e.exit_code
     return ExitCode.INTERNAL
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -142,6 +143,8 @@ def _paths(v: Any) -> list[str]:
     if len(v) > MAX_TASK_PATHS:
         raise ValueError(f"at most {MAX_TASK_PATHS} paths per task, got {len(v)}")
     for p in v:
+        if not p:
+            raise ValueError("an empty path (give no PATH, or '.', for the whole tree)")
         if len(p) > MAX_TASK_PATH_CHARS:
             raise ValueError(f"a path is longer than {MAX_TASK_PATH_CHARS} characters: {p[:60]!r}...")
         if any(c in p for c in FORBIDDEN_PATH_CHARS):
@@ -180,6 +183,21 @@ def _fsid(v: Any) -> str:
     return s
 
 
+def endpoint_url(v: Any) -> str:
+    """An S3 endpoint: http(s)://HOST[:PORT][/], nothing botocore would trip over later."""
+    s = _str(v)
+    u = urllib.parse.urlsplit(s)
+    try:
+        port = u.port
+    except ValueError:
+        raise ValueError(f"expected http(s)://HOST[:PORT], got {s!r} (the port is not a number in 1..65535)") \
+            from None
+    if u.scheme not in ("http", "https") or not u.hostname or port == 0 or u.query or u.fragment \
+            or any(c.isspace() for c in s):
+        raise ValueError(f"expected http(s)://HOST[:PORT], got {s!r}")
+    return s
+
+
 def _path(v: Any) -> str:
     return os.path.abspath(os.path.expanduser(_str(v)))
 
@@ -194,7 +212,7 @@ SCHEMA: dict[str, Callable[[Any], Any]] = {
     "file_system_id": _fsid,
     "full": _bool,
     "delete": _bool,
-    "s3.endpoint_url": _str,
+    "s3.endpoint_url": endpoint_url,
     "s3.region": _str,
     "s3.profile": _str,
     "s3.addressing_style": _choice("auto", "path", "virtual"),
@@ -298,6 +316,14 @@ def resolve(file_values: dict[str, Any], cli_values: dict[str, Any], config_path
         except ConfigError as e:
             raise ConfigError(f"key '{k}' in {origin[k]}: {e}") from None
 
+    if "s3.endpoint_url" not in values:  # botocore would take it from the environment and crash on it
+        for var in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+            if os.environ.get(var):
+                try:
+                    endpoint_url(os.environ[var])
+                except ValueError as e:
+                    raise ConfigError(f"environment variable {var}: {e}") from None
+                break
     fs_root = need("fs_root")
     if not os.path.isdir(fs_root):
         raise ConfigError(f"key 'fs_root' in {origin['fs_root']}: {fs_root} is not a directory")

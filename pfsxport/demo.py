@@ -74,12 +74,18 @@ def demo(ranks: int = 2, workdir: str | None = None) -> int:
         keys = [o["Key"] for p in c.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix="export/")
                 for o in p.get("Contents", [])]
         print(f"== {len(keys)} objects under s3://{BUCKET}/export/, for example:")
+        types = set()
         for key in ("export/checkpoints/state.bin", "export/latest", "export/notes, ünïcode & spaces.txt"):
             h = c.head_object(Bucket=BUCKET, Key=key)
+            types.add(h["ContentType"])
             print(f"   {key}  {h['ContentLength']} bytes  {h['ContentType']}  {h['Metadata']}")
+        if types - {"application/octet-stream"}:
+            print("   (pfsxport sends application/octet-stream; SeaweedFS replaces it with a type guessed from "
+                  "the file name, and keeps no metadata on directory keys: see 'Known store quirks' in the README)")
         base = f"reports/{task_id}/"
-        print(f"== report: s3://{BUCKET}/{base}{{failures.csv,report.csv,report.h5}}; "
-              f"local copy in {StateDir(state).task_dir(task_id)}")
+        kept = f"local copy in {StateDir(state).task_dir(task_id)}" if workdir else \
+            "the local copy goes with the demo's temporary directory (keep it with --workdir DIR)"
+        print(f"== report: s3://{BUCKET}/{base}{{failures.csv,report.csv,report.h5}}; {kept}")
         failures = c.get_object(Bucket=BUCKET, Key=base + "failures.csv")["Body"].read().decode()
         print(f"   failures.csv: {len(failures.splitlines())} line(s)" + (":\n" + failures if failures else ""))
         import h5py

@@ -6,6 +6,7 @@ transfers. The world, the store class and the layout source come in from outside
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -29,7 +30,7 @@ from .state import FileLock, StateDir, TaskRecord, new_task_id
 from .store import Capabilities, S3Store
 from .store import preload as store_preload
 from .transfer import TASK_EVENTS, Transfer, TransferOptions
-from .walk import lstat_entry
+from .walk import lstat_entry, refuse_symlinks
 from .worker import Worker
 
 log = logging.getLogger("pfsxport")
@@ -46,6 +47,7 @@ class Leg:
     prefix: str = ""  # fs_root relative to the task's fs_root: report rows are relative to the latter
     caps: Capabilities | None = None
     resumable: dict = field(default_factory=dict)  # path -> manifest.OpenUpload a dead job left open
+    failed: list[ReportRow] = field(default_factory=list)  # its roots, when its repository cannot be written
 
 
 @dataclass
@@ -67,6 +69,8 @@ def task_paths(fs_root: str, paths: list[str]) -> list[str]:
     for p in paths or [""]:
         if os.path.isabs(p):
             rel = os.path.relpath(os.path.normpath(p), fs_root)
+            if rel == ".." or rel.startswith("../"):  # given through the root's real path
+                rel = os.path.relpath(os.path.normpath(p), os.path.realpath(fs_root))
         else:
             rel = os.path.normpath(p) if p else "."
         if rel == ".":
@@ -101,8 +105,9 @@ def check_repository(cfg: ExportConfig) -> None:
     if not assocs:
         raise ConfigError("missing required key 'repository' (give --repository or set it in a --config file; "
                           f"or link paths of file system {cfg.file_system_id} with `pfsxport dra create`)")
-    if cfg.report_path is None:
-        cfg.report_path = S3Url(parse_s3_url(assocs[0].data_repository_path).bucket, "pfsxport-reports")
+    if cfg.report_path is None:  # the first association's bucket, one that can be written if there is one
+        first = next((a for a in assocs if a.lifecycle is AssociationLifecycle.AVAILABLE), assocs[0])
+        cfg.report_path = S3Url(parse_s3_url(first.data_repository_path).bucket, "pfsxport-reports")
 
 
 def _outside(fs_root: str, top: str, linked_roots: list[str]) -> list[str]:
@@ -144,6 +149,7 @@ def _plan_legs(cfg: ExportConfig, state: StateDir, rels: list[str]) -> tuple[lis
                 paths.append("")
         if paths:
             leg_root = os.path.join(cfg.fs_root, r) if r else cfg.fs_root
+            refuse_symlinks(cfg.fs_root, r, f"FileSystemPath of {a.association_id}:", last=True)
             if not os.path.isdir(leg_root):
                 raise InputError(f"FileSystemPath {a.file_system_path} of {a.association_id} is not a directory")
             legs.append((leg_root, parse_s3_url(a.data_repository_path), task_paths(leg_root, paths), r))
@@ -192,6 +198,7 @@ def _prepare(cfg: ExportConfig, state: StateDir, nranks: int, fs_lock: FileLock)
     try:
         rels = task_paths(cfg.fs_root, cfg.paths)
         for rel in rels:
+            refuse_symlinks(cfg.fs_root, rel, "path")
             try:
                 lstat_entry(cfg.fs_root, rel)
             except FileNotFoundError:
@@ -218,7 +225,13 @@ def _prepare(cfg: ExportConfig, state: StateDir, nranks: int, fs_lock: FileLock)
         try:
             leg.caps = store.probe(leg.repository.prefix, cfg.s3.checksum)
         except StoreError as e:
-            return _fail_early(state, rec, f"cannot write to {leg.repository}: {e}", ExitCode.STORE_UNREACHABLE)
+            if len(legs) == 1:
+                return _fail_early(state, rec, f"cannot write to {leg.repository}: {e}", ExitCode.STORE_UNREACHABLE)
+            log.error("cannot write to %s: %s; the entries under %s fail, the other associations go ahead",
+                      leg.repository, e, leg.prefix or "/")
+            leg.failed = [ReportRow(_joined(leg.prefix, r.path), r.kind.value, r.size, RowStatus.FAILED, e.code.value,
+                                    message=f"cannot write to {leg.repository}: {e}"[:500]) for r in leg.roots]
+            continue
         if cfg.s3.sign_payload == "never" and not leg.caps.crc32_verified and \
                 (store.endpoint_url() or "").startswith("http:"):
             log.warning("s3.sign_payload is 'never' over http and the store does not verify CRC32: "
@@ -228,6 +241,15 @@ def _prepare(cfg: ExportConfig, state: StateDir, nranks: int, fs_lock: FileLock)
                         "lose their file-permissions, owner and times (known for SeaweedFS)")
         log.info("store: checksum %s", "crc32 (verified by the store)" if leg.caps.crc32_verified else
                  "crc32 (sent, not verified by the store)" if leg.caps.crc32 else "none accepted")
+    if all(leg.failed for leg in legs):
+        return _fail_early(state, rec, f"no data repository can be written: {legs[0].failed[0].message}",
+                           ExitCode.STORE_UNREACHABLE)
+    report = cfg.report_path
+    if report.bucket not in {leg.repository.bucket for leg in legs if not leg.failed}:  # else the probe showed it takes writes
+        try:
+            _store(cfg, report).check_writable(f"{report.prefix}/" if report.prefix else "")
+        except StoreError as e:
+            return _fail_early(state, rec, f"cannot write the report to {report}: {e}", ExitCode.STORE_UNREACHABLE)
     return Setup(rec.task_id, legs, _outside_rows(cfg, rec.task_id, outside))
 
 
@@ -361,7 +383,12 @@ def export(world, cfg: ExportConfig) -> ExitCode:
         # the report's import runs beside the walk, where other ranks take up the slack, not at the end
         threading.Thread(target=report_preload, name="pfsxport-preload", daemon=True).start()
     for leg in setup.legs:
-        _run_leg(world, cfg, setup.task_id, leg, scheduler, lock)
+        if not leg.failed:
+            _run_leg(world, cfg, setup.task_id, leg, scheduler, lock)
+        elif world.rank == 0:
+            with lock:
+                scheduler.sink = _prefixed(scheduler.sink, "")
+                scheduler.record(leg.failed)
     code = None
     if world.rank == 0:
         fs_lock.release()
@@ -400,6 +427,10 @@ def _run_leg(world, cfg: ExportConfig, task_id: str, leg: Leg, scheduler: Schedu
         manifest.merge()
 
 
+def _joined(prefix: str, path: str) -> str:
+    return f"{prefix}/{path}" if prefix and path else prefix or path
+
+
 def _prefixed(sink, prefix: str):
     """Report rows of a leg carry paths relative to the task's root, not the leg's."""
     base = getattr(sink, "base", sink)
@@ -408,7 +439,7 @@ def _prefixed(sink, prefix: str):
 
     def add(rows: list[ReportRow]) -> None:
         for r in rows:
-            r.path = f"{prefix}/{r.path}" if r.path else prefix
+            r.path = _joined(prefix, r.path)
         base(rows)
     add.base = base
     return add
@@ -444,32 +475,46 @@ def _finish(cfg: ExportConfig, state: StateDir, store: S3Store, scheduler: Sched
     p = scheduler.progress()
     rec.counts = p.counts
     final = end_state(scheduler.canceled, p.counts.failed)
-    if final is TaskLifecycle.CANCELED:
-        rec.move(TaskLifecycle.CANCELED)
-        rec.end_time = time.time()
-    elif final is TaskLifecycle.FAILED:
-        rec.fail(f"{p.counts.failed} of {p.counts.total} entries failed to export; "
-                 f"see {cfg.report_path}/{rec.task_id}/{FAILURES}")
-    else:
-        rec.move(TaskLifecycle.SUCCEEDED)
-        rec.end_time = time.time()
-    rec.last_updated = time.time()
-    paths = writer.finish(_attrs(rec))
-    _upload_report(store, cfg.report_path, rec.task_id, paths)
+    message = f"{p.counts.failed} of {p.counts.total} entries failed to export; " \
+              f"see {cfg.report_path}/{rec.task_id}/{FAILURES}" if final is TaskLifecycle.FAILED else ""
+    planned = dataclasses.replace(rec)
+    _end(planned, final, message)
+    paths = writer.finish(_attrs(planned))
+    lost = _upload_report(store, cfg.report_path, rec.task_id, paths)
+    code = {TaskLifecycle.SUCCEEDED: ExitCode.SUCCEEDED, TaskLifecycle.CANCELED: ExitCode.CANCELED}.get(
+        final, ExitCode.FILES_FAILED)
+    where = f"{cfg.report_path}/{rec.task_id}/"
+    if lost:  # the record and the exit code say so; the state directory keeps the copy
+        where = state.task_dir(rec.task_id) + "/ (not in the bucket)"
+        if final is not TaskLifecycle.CANCELED:
+            lost = f"the completion report could not be written to {cfg.report_path}/{rec.task_id}/ ({lost})"
+            final, message = TaskLifecycle.FAILED, f"{lost}; {message}" if message else lost
+            code = ExitCode.STORE_UNREACHABLE
+    _end(rec, final, message)
     state.write(rec)
     monitor.print_progress(final=True)
     log.info("task %s %s: %d succeeded, %d failed, %d skipped, %d unchanged, %d deleted, %d retries, "
-             "%d bytes sent, %d bytes of earlier uploads reused; report %s/%s/", rec.task_id,
+             "%d bytes sent, %d bytes of earlier uploads reused; report %s", rec.task_id,
              rec.lifecycle.value, p.counts.succeeded, p.counts.failed, p.skipped, p.unchanged, p.deleted,
-             p.retries, p.bytes_sent, scheduler.reused_bytes, cfg.report_path, rec.task_id)
-    return {TaskLifecycle.SUCCEEDED: ExitCode.SUCCEEDED, TaskLifecycle.CANCELED: ExitCode.CANCELED}.get(
-        rec.lifecycle, ExitCode.FILES_FAILED)
+             p.retries, p.bytes_sent, scheduler.reused_bytes, where)
+    return code
 
 
-def _upload_report(store: S3Store, report: S3Url, task_id: str, paths: dict[str, str]) -> None:
-    """failures.csv, report.csv and report.h5 under {ReportPath}/{TaskId}/ (R-2)."""
+def _end(rec: TaskRecord, final: TaskLifecycle, message: str) -> None:
+    if final is TaskLifecycle.FAILED:
+        rec.fail(message)
+    else:
+        rec.move(final)
+        rec.end_time = time.time()
+    rec.last_updated = time.time()
+
+
+def _upload_report(store: S3Store, report: S3Url, task_id: str, paths: dict[str, str]) -> str:
+    """failures.csv, report.csv and report.h5 under {ReportPath}/{TaskId}/ (R-2); returns
+    the store's error for the first file that could not be written, "" when all went."""
     base = f"{report.prefix}/{task_id}/" if report.prefix else f"{task_id}/"
     types = {FAILURES: "text/csv", REPORT_CSV: "text/csv", REPORT_H5: "application/x-hdf5"}
+    lost = ""
     for name, path in paths.items():
         try:
             with open(path, "rb") as f:
@@ -478,6 +523,8 @@ def _upload_report(store: S3Store, report: S3Url, task_id: str, paths: dict[str,
         except StoreError as e:
             log.error("S3CompletionReportUploadFailure: could not write %s to s3://%s/%s: %s "
                       "(a copy is in %s)", name, store.bucket, base + name, e, path)
+            lost = lost or f"{name}: {e}"
+    return lost
 
 
 

@@ -43,6 +43,8 @@ def parse_s3_url(url: str, *, what: str = "repository", directory: bool = True) 
     prefix = prefix.lstrip("/")
     if "//" in prefix:
         raise ConfigError(f"{what} {url!r}: prefix contains an empty path segment")
+    if any(seg in (".", "..") for seg in prefix.split("/")):
+        raise ConfigError(f"{what} {url!r}: prefix contains a '.' or '..' segment")
     if directory and prefix and not prefix.endswith("/"):
         prefix += "/"
     if not directory:
@@ -89,3 +91,17 @@ def key_error(key: str) -> ErrorCode | None:
 def printable(path: str) -> str:
     """A path as text for reports: undecodable bytes shown as \\xNN escapes."""
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def one_line(text: str) -> str:
+    """Text for a log or progress line: undecodable bytes and control characters (newlines,
+    carriage returns, terminal escapes, Unicode line separators) as \\xNN or \\uNNNN, so a
+    file name can neither forge a line nor garble the terminal. Never raises."""
+    try:
+        text = printable(text)
+    except UnicodeEncodeError:  # a lone surrogate that no file name decodes to
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return _CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}", text)

@@ -253,6 +253,11 @@ class Scheduler:
         else:
             raise TypeError(f"cannot schedule {unit!r}")
 
+    def record(self, rows: list[ReportRow]) -> None:
+        """Count and report rows decided outside any unit (the roots of a repository that
+        cannot be written)."""
+        self._absorb(UnitOutcome(0, rows=rows))
+
     def _absorb(self, o: UnitOutcome) -> None:
         self.outstanding.pop(o.uid, None)
         self.opening.discard(o.uid)

@@ -339,6 +339,12 @@ class S3Store:
 
     # ---- probing --------------------------------------------------------------------------
 
+    def check_writable(self, prefix: str) -> None:
+        """Write and remove one small object under `prefix`; raises StoreError when it cannot."""
+        key = f"{prefix}.pfsxport-probe-{uuid.uuid4().hex[:12]}"
+        self.put_object(key, b"pfsxport probe\n", None, "application/octet-stream")
+        self.delete_object(key)
+
     def probe(self, scratch_prefix: str, want_checksum: str) -> Capabilities:
         """Check the bucket is reachable and writable, and what the store keeps and checks.
 
@@ -445,11 +451,24 @@ def _classify(op: str, key: str, code: str, status: int, message: str) -> StoreE
     return cls(msg, s3_code=code, status=status)
 
 
+def _no_tls(e: BaseException) -> bool:
+    """Whether a TLS handshake failed because the other end does not speak TLS (https to an
+    http port): as permanent as an untrusted certificate."""
+    ssl = sys.modules.get("ssl")
+    text = str(e).upper()
+    return ssl is not None and isinstance(e, ssl.SSLError) and (
+        "WRONG_VERSION_NUMBER" in text or "RECORD_LAYER_FAILURE" in text or "HTTP_REQUEST" in text)
+
+
 def _translate_transport_error(op: str, e: Exception) -> StoreError:
     if _untrusted(e):  # permanent: retrying cannot make the certificate trusted
         why = getattr(e, "verify_message", None) or e
         out = StoreError(f"{op}: the endpoint's TLS certificate is not trusted ({why}); a private CA's "
                          "certificate goes in AWS_CA_BUNDLE")
+        out.__cause__ = e
+        return out
+    if _no_tls(e):
+        out = StoreError(f"{op}: the endpoint does not speak TLS ({e}); is it an http:// endpoint?")
         out.__cause__ = e
         return out
     transient: tuple[type, ...] = (OSError,)  # resets, timeouts, refused connections, ...
@@ -561,7 +580,11 @@ class _Signed:
         text = r.data.decode("utf-8", "replace")
         missing = "NoSuchBucket" if key is None else "NoSuchUpload" if query and "uploadId" in query else "NoSuchKey"
         code = _xml_field(text, "Code") or {403: "AccessDenied", 404: missing, 503: "SlowDown"}.get(r.status, "")
-        raise _classify(op, key or "", code, r.status, _xml_field(text, "Message"))
+        message = _xml_field(text, "Message")
+        if "<Error>" not in text and not any(h.startswith(("x-amz", "x-goog")) for h in r.headers):
+            message += (" (the endpoint's answer is not an S3 store's: no S3 error document and no x-amz "
+                        "headers; is the endpoint URL right?)")
+        raise _classify(op, key or "", code, r.status, message.strip())
 
     def answer_field(self, op: str, method: str, key: str, name: str | None, body: bytes = b"",
                      headers: dict[str, str] | None = None, query: dict[str, str] | None = None) -> str:

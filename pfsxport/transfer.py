@@ -27,7 +27,7 @@ from .model import (BatchUnit, CopyUnit, DeleteTreeUnit, DeleteUnit, DirUnit, Di
 from .plan import S3_MAX_PUT as S3_MAX_COPY
 from .plan import plan_parts
 from .walk import join as join_path
-from .walk import read_range, same_file, scan_dir, snapshot_of
+from .walk import OutsideRoot, Root, read_range, same_file, scan_dir, snapshot_of
 
 log = logging.getLogger("pfsxport")
 
@@ -89,21 +89,6 @@ def _test_kill(point: str, rank: int) -> None:
     if _TEST_KILL_AT and _TEST_KILL_AT in (point, f"{point}@{rank}"):
         os.kill(os.getpid(), 9)
 
-_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NOCTTY | os.O_NONBLOCK
-_NOATIME = getattr(os, "O_NOATIME", 0)
-
-
-def open_for_read(path: str) -> int:
-    """Open without following a symlink and, where permitted (owner or root), without
-    touching atime: an export must not make files look recently used to purge policies."""
-    if _NOATIME:
-        try:
-            return os.open(path, _READ_FLAGS | _NOATIME)
-        except PermissionError:
-            pass
-    return os.open(path, _READ_FLAGS)
-
-
 class _NoDelta:
     def add(self, *record) -> None:
         pass
@@ -136,6 +121,7 @@ class Transfer:
                  hold: Callable[[str], bool] | None = None, renamed: Callable[[str], bool] | None = None,
                  passed: dict | None = None):
         self.fs_root = fs_root
+        self.root = Root(fs_root)
         self.repo = repo
         self.store = store
         self.layouts = layouts
@@ -223,15 +209,19 @@ class Transfer:
         A directory larger than one scan piece is compared a piece at a time against just
         that piece's manifest records, so what it holds does not grow with the directory
         beyond its changed entries."""
-        out = self.export_entry(unit.entry) if unit.entry is not None else UnitOutcome(0)
-        out.uid = unit.uid
-        res = scan_dir(self.fs_root, unit.path, self.skip)
-        if res.error is not None:
+        res = scan_dir(self.root, unit.path, self.skip)
+        if res.error is not None:  # one outcome for the directory: failed, its object not written
+            out = UnitOutcome(unit.uid)
             if not isinstance(res.error, FileNotFoundError):
-                out.rows.append(self._row(Entry(unit.path, EntryKind.DIRECTORY, 0, 0, 0, 0, 0, 0, 0),
-                                          RowStatus.FAILED, ErrorCode.LOCAL_READ_ERROR,
+                if isinstance(res.error, OutsideRoot):
+                    log.warning("not listed: %s leads outside %s", printable(unit.path), self.fs_root)
+                e = unit.entry or Entry(unit.path, EntryKind.DIRECTORY, 0, 0, 0, 0, 0, 0, 0)
+                out.rows.append(self._row(e, RowStatus.FAILED, ErrorCode.LOCAL_READ_ERROR,
                                           message=f"cannot list directory: {res.error.strerror}"))
             return out
+        # the directory's own object goes before any child is handed out
+        out = self.export_entry(unit.entry) if unit.entry is not None else UnitOutcome(0)
+        out.uid = unit.uid
         changed: list[Entry] = []
         dirs: list[DirUnit] = []
         if res.more is None:
@@ -450,9 +440,11 @@ class Transfer:
                              checksum=checksum.fmt(0))
         if e.kind is EntryKind.SYMLINK:
             try:
-                target = os.readlink(os.fsencode(self.abspath(e.path)))
+                target = self.root.readlink(e.path)
             except FileNotFoundError:
                 return self._row(e, RowStatus.SKIPPED, message="gone before it was exported")
+            except OSError as err:
+                return self._unreadable(e, err)
             crc = zlib.crc32(target)
             self.store.put_object(key, target, fsx_headers(e), content_type(e.kind), crc)
             self.delta.put(e.path, e.rec())
@@ -467,17 +459,27 @@ class Transfer:
         finally:
             budget.give(held)
 
+    def _too_large(self, e: Entry) -> ReportRow:
+        return self._row(e, RowStatus.FAILED, ErrorCode.FILE_SIZE_TOO_LARGE,
+                         message=f"{e.size} bytes is more than the store's maximum object size "
+                                 f"({self.opts.max_object_size} bytes)")
+
     def _open(self, e: Entry) -> int | ReportRow:
         try:
-            return open_for_read(self.abspath(e.path))
+            return self.root.open(e.path)
         except FileNotFoundError:
             return self._row(e, RowStatus.SKIPPED, message="gone before it was exported")
         except OSError as err:
-            if err.errno == errno.ELOOP:  # replaced by a symlink since the walk
-                return self._row(e, RowStatus.FAILED, ErrorCode.RESOURCE_BUSY,
-                                 message="the file was replaced while being exported")
-            return self._row(e, RowStatus.FAILED, ErrorCode.LOCAL_READ_ERROR,
-                             message=f"cannot open: {err.strerror}")
+            return self._unreadable(e, err)
+
+    def _unreadable(self, e: Entry, err: OSError) -> ReportRow:
+        if err.errno == errno.ELOOP:  # replaced by a symlink since the walk
+            return self._row(e, RowStatus.FAILED, ErrorCode.RESOURCE_BUSY,
+                             message="the file was replaced while being exported")
+        if isinstance(err, OutsideRoot):
+            log.warning("not read: %s leads outside %s (a directory on its path was replaced by a symlink)",
+                        printable(e.path), self.fs_root)
+        return self._row(e, RowStatus.FAILED, ErrorCode.LOCAL_READ_ERROR, message=f"cannot open: {err.strerror}")
 
     def _export_small_file(self, e: Entry, key: str):
         for attempt in range(self.opts.busy_retries + 1):
@@ -492,6 +494,8 @@ class Transfer:
                                      message="the entry changed type while being exported")
                 if st.st_size > self.opts.multipart_threshold:
                     return LargeFileUnit(fresh)
+                if st.st_size > self.opts.max_object_size:
+                    return self._too_large(fresh)
                 try:
                     data = read_range(fd, 0, st.st_size)
                     extra = os.pread(fd, 1, st.st_size)
@@ -534,9 +538,7 @@ class Transfer:
         finally:
             os.close(fd)
         if fresh.size > self.opts.max_object_size:
-            out.rows.append(self._row(fresh, RowStatus.FAILED, ErrorCode.FILE_SIZE_TOO_LARGE,
-                                      message=f"{fresh.size} bytes is more than the store's maximum "
-                                              f"object size ({self.opts.max_object_size} bytes)"))
+            out.rows.append(self._too_large(fresh))
             return out
         if fresh.size <= self.opts.multipart_threshold:  # shrank since the walk
             return self.export_entry(fresh)
@@ -590,7 +592,7 @@ class Transfer:
         if _TEST_DELAY:
             time.sleep(_TEST_DELAY * 4)
         try:
-            fd = open_for_read(self.abspath(unit.path))
+            fd = self.root.open(unit.path)
         except OSError:
             done.changed = True
             return done

@@ -148,3 +148,34 @@ def test_associations_declared_in_a_config_file(seaweed, tmp_path):
     listed = json.loads(dra(seaweed, root, state, "describe").stdout)["Associations"]
     assert [(a["FileSystemPath"], a["S3"]["AutoExportPolicy"]["Events"]) for a in listed] == [
         ("/results", ["NEW", "CHANGED"])]
+
+
+def test_one_unwritable_association_fails_its_entries_and_the_others_go_ahead(seaweed, tmp_path):
+    import csv
+
+    from conftest import describe, run_export, task_id_of
+    from treeutil import assert_bucket_matches_tree
+
+    root, state = tmp_path / "fs", tmp_path / "st"
+    for d in ("good/sub", "bad/sub"):
+        os.makedirs(root / d)
+        (root / d / "f").write_bytes(d.encode())
+    bucket = seaweed.new_bucket()
+    made = dra(seaweed, root, state, "create", "--file-system-path", "/bad", "--data-repository-path",
+               "s3://no-such-bucket-here/bad/")
+    assert json.loads(made.stdout)["Association"]["Lifecycle"] == "MISCONFIGURED"
+    assert dra(seaweed, root, state, "create", "--file-system-path", "/good", "--data-repository-path",
+               f"s3://{bucket}/good/").returncode == 0  # the report goes to the bucket that can be written
+
+    r = run_export(seaweed, ["--fs-root", str(root), "--state-dir", str(state), "--progress", "off"])
+    assert r.returncode == 3, r.stderr
+    assert_bucket_matches_tree(seaweed.client(), bucket, "good/", str(root / "good"), dir_metadata=False,
+                               content_types=False)
+    task = task_id_of(r)
+    t = describe(task, str(state))
+    assert t["Lifecycle"] == "FAILED" and (t["Status"]["SucceededCount"], t["Status"]["FailedCount"]) == (2, 1)
+    failures = seaweed.client().get_object(Bucket=bucket, Key=f"pfsxport-reports/{task}/failures.csv")
+    assert failures["Body"].read().decode() == "bad,failed,S3Error\n"
+    with open(os.path.join(state, "tasks", task, "report.csv"), newline="") as f:
+        (row,) = [row for row in csv.DictReader(f) if row["path"] == "bad"]
+    assert "NoSuchBucket" in row["message"]

@@ -203,6 +203,8 @@ def test_demo_runs_and_shows_the_task_and_report():
     assert '"Lifecycle": "SUCCEEDED"' in r.stdout
     assert "failures.csv" in r.stdout and "report.h5" in r.stdout
     assert "with 2 rank(s)" in r.stderr and "progress:" in r.stderr
+    assert "keep it with --workdir" in r.stdout  # its local copy is removed with the temporary directory
+    assert "SeaweedFS replaces it with a type guessed" in r.stdout  # the quirk it shows is named
 
 
 def rank_pids(mark: str) -> dict[int, int]:

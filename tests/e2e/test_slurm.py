@@ -260,8 +260,7 @@ def test_task_create_submit_describe_cancel(slurm, seaweed, tmp_path):
         assert r.returncode == 0, r.stderr
         return r
 
-    held = run("create", *export_args(root, bucket, state), "--submit", "--sbatch",
-               f"--ntasks=2 --time=5 --hold --output={tmp_path}/held-%j.out")
+    held = run("create", *export_args(root, bucket, state), "--submit", "--sbatch", "--hold")  # a lone option
     queued = json.loads(held.stdout)["DataRepositoryTask"]["TaskId"]
     assert describe(queued, state)["Lifecycle"] == "PENDING"
     job = json.load(open(os.path.join(state, "tasks", queued + ".json")))["Owner"]["SlurmJobId"]

@@ -1,4 +1,5 @@
-"""pfsxport.changelog: `lfs changelog` lines (the formats of /work/shared/LUSTRE.md), their
+"""pfsxport.changelog: `lfs changelog` lines (`INDEX TYPE TIMESTAMP DATESTAMP FLAGS t=[FID] p=[FID] NAME`,
+with `s=`/`sp=` for renames, as Lustre 2.x prints them), their
 coalescing into path changes, and ChangelogSource run against the stand-in `lfs`
 (tests/standin/lfs) put first on PATH."""
 from __future__ import annotations

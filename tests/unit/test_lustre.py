@@ -1,4 +1,5 @@
-"""pfsxport.lustre: parse_getstripe on the formats of /work/shared/LUSTRE.md, and LayoutSource's batched
+"""pfsxport.lustre: parse_getstripe on `lfs getstripe -y` output (plain, PFL and DoM
+layouts, the YAML of Lustre 2.12 to 2.15), and LayoutSource's batched
 lookups (one `lfs getstripe -y P1 P2 ...` for many files) against a stand-in lfs."""
 from __future__ import annotations
 

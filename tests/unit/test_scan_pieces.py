@@ -77,9 +77,9 @@ def test_a_large_directory_comes_in_pieces(tmp_path):
     d.mkdir()
     for i in range(250):
         (d / str(i)).touch()
-    res = walk.scan_dir(str(tmp_path), "d", piece=100)
+    res = walk.scan_dir(walk.Root(str(tmp_path)), "d", piece=100)
     pieces = [res.items, *res.more]
     assert [len(p) for p in pieces] == [100, 100, 50]
     assert sorted(int(n) for p in pieces for n, _ in p) == list(range(250))
-    small = walk.scan_dir(str(tmp_path), "d", piece=1000)
+    small = walk.scan_dir(walk.Root(str(tmp_path)), "d", piece=1000)
     assert small.more is None and len(small.items) == 250
