@@ -12,6 +12,10 @@ get to, and Lustre changelog records are cleared only once their changes are in 
 Lifecycle (D-2): a repository that cannot be written (bucket gone, access denied, endpoint
 down past the retries) makes the association MISCONFIGURED with the reason; its backlog is
 kept and the repository re-checked every `recheck_interval` until it is AVAILABLE again.
+A bucket found missing (NoSuchBucket) may have taken the objects written before with it:
+every association on that bucket has its manifest marked (on disk, so a restart keeps it),
+and before it is AVAILABLE again its prefix is listed once and the entries whose object is
+missing are forgotten, so the next scan sends exactly those.
 An association whose file-system path is gone becomes FAILED. Export tasks and the
 service never run at once on a file system (E-18): a batch runs only under the file
 system's activity lock, which an export task holds from start to end.
@@ -154,6 +158,9 @@ class AutoExport:
 
     # ---- associations ------------------------------------------------------------------
 
+    def _manifest(self, assoc: Association) -> Manifest:
+        return Manifest(manifest_dir(self.cfg.state_dir, self.fsid, assoc.data_repository_path))
+
     def _store(self, assoc: Association) -> S3Store:
         bucket = parse_s3_url(assoc.data_repository_path).bucket
         if bucket not in self.stores:
@@ -191,7 +198,7 @@ class AutoExport:
                 if problem:
                     self._set_lifecycle(runner, AssociationLifecycle.FAILED, problem)
                     continue
-                runner.rescan = self.ae.rescan_on_start
+                runner.rescan = self.ae.rescan_on_start or self._manifest(a).lost() is not None
                 if self.watcher is not None:
                     self.watcher.add_root(runner.rel_root)
                 log.info("auto-export of %s -> %s, events %s", a.file_system_path, a.data_repository_path,
@@ -310,27 +317,54 @@ class AutoExport:
             return False
         store = self._store(a)
         url = parse_s3_url(a.data_repository_path)
-        if a.lifecycle is AssociationLifecycle.MISCONFIGURED:
-            if now < r.next_check:
-                return False
-            if not self._check(r, store):
-                return False
+        if a.lifecycle is AssociationLifecycle.MISCONFIGURED and now < r.next_check:
+            return False
         if not self.lock.acquire(wait=False):
             return False  # an export task is running on this file system (E-18)
         try:
+            if (a.lifecycle is AssociationLifecycle.MISCONFIGURED or self._manifest(a).lost() is not None) \
+                    and not self._check(r, store):
+                return False
             return self._batch(r, store, url)
         finally:
             self.lock.release()
 
+    def _bucket_lost(self, store: S3Store) -> None:
+        """After a NoSuchBucket: mark the manifest of every association on that bucket, whose
+        objects may be gone with it, and have each reconciled and rescanned."""
+        if store.bucket_lost is None:
+            return
+        reason, store.bucket_lost = store.bucket_lost, None
+        for other in self.runners.values():
+            if parse_s3_url(other.assoc.data_repository_path).bucket == store.bucket:
+                self._manifest(other.assoc).mark_lost(reason)
+                if not other.backlog():
+                    other.since = time.monotonic()
+                other.rescan = True
+
     def _check(self, r: Runner, store: S3Store) -> bool:
-        """Probe the repository (a marker object written and removed): AVAILABLE again, or
-        still MISCONFIGURED with the current reason."""
+        """Under the file system lock: probe the repository (a marker object written and
+        removed) and, when its bucket was found missing since, reconcile its manifest with
+        one listing of the prefix. AVAILABLE again, or still MISCONFIGURED with the current
+        reason."""
         url = parse_s3_url(r.assoc.data_repository_path)
+        manifest = self._manifest(r.assoc)
+        self._bucket_lost(store)  # a batch that just failed may have met the bucket missing
         try:
+            what = "write to"
             store.probe(url.prefix, self.cfg.s3.checksum)
+            if manifest.lost() is not None:
+                what = "list"
+                done = manifest.reconcile(store.list_objects(url.prefix), url.prefix)
+                log.info("association %s: %s was found missing; reconciled with %s: %d object(s) listed, "
+                         "%d entr%s missing there to export again", r.assoc.association_id, url.bucket,
+                         r.assoc.data_repository_path, done.listed, done.forgotten,
+                         "y" if done.forgotten == 1 else "ies")
+                r.rescan = True
         except StoreError as e:
+            self._bucket_lost(store)
             r.next_check = time.monotonic() + self.ae.recheck_interval
-            message = f"cannot write to {r.assoc.data_repository_path}: {e}"[:256]
+            message = f"cannot {what} {r.assoc.data_repository_path}: {e}"[:256]
             if r.assoc.lifecycle is not AssociationLifecycle.MISCONFIGURED or r.assoc.failure_message != message:
                 code = "S3ExportAccessDenied" if e.code is ErrorCode.S3_ACCESS_DENIED else INTERNAL_AUTO_EXPORT
                 self.events.event("ERROR", code, f"Auto-export paused: {message}. Changes are kept and "
@@ -346,7 +380,7 @@ class AutoExport:
     def _batch(self, r: Runner, store: S3Store, url) -> bool:
         t0 = time.monotonic()
         a = r.assoc
-        manifest = Manifest(manifest_dir(self.cfg.state_dir, self.fsid, a.data_repository_path))
+        manifest = self._manifest(a)
         manifest.merge()
         reader = manifest.reader()
         units = self._units(r, reader)
@@ -365,6 +399,7 @@ class AutoExport:
         delta.close()
         reader.close()
         manifest.merge()
+        self._bucket_lost(store)
         if len(r.passed) > MAX_PASSED:  # forgotten: a later scan judges those entries afresh
             r.passed.clear()
         failed = [row for row in rows if row.status is RowStatus.FAILED]

@@ -14,6 +14,13 @@ they are about to send: a kill between a PUT and its record leaves the intent, s
 scan sends the entry again, or deletes its object if the entry is gone. Rank 0 merges the logs into the SQLite file when
 the task ends, or when the next task starts if the job died. Paths are stored as bytes
 (os.fsencode), so names that are not UTF-8 round-trip.
+
+The manifest says what was written, not what the bucket still holds. When a store answers
+NoSuchBucket, whatever was written before may be gone with the bucket: `mark_lost` leaves a
+file beside the manifest (bucket-lost; no SQLite write, so it is safe while a task reads),
+and the next task or batch on that repository first `reconcile`s the manifest with one
+listing of its prefix: entries whose object is missing (or has another size) are forgotten,
+so the next scan sends exactly those again.
 """
 from __future__ import annotations
 
@@ -23,8 +30,9 @@ import os
 import shutil
 import sqlite3
 import threading
+import uuid
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterable, Iterator
 
 # The stat fields whose change means "export again" (E-4): data (size, mtime), metadata
 # (mode, uid, gid; and ctime, which chmod, chown, utime, rename and writes all move) and
@@ -179,11 +187,18 @@ class DeltaLog:
         self._f.close()
 
 
+@dataclass(frozen=True)
+class Reconciled:
+    listed: int  # keys under the prefix
+    forgotten: int  # manifest entries whose object was missing (or another size)
+
+
 class Manifest:
     def __init__(self, directory: str):
         self.directory = directory
         self.db_path = os.path.join(directory, "manifest.sqlite")
         self.deltas = os.path.join(directory, "deltas")
+        self.lost_path = os.path.join(directory, "bucket-lost")
 
     def reader(self) -> Reader:
         return Reader(self.db_path)
@@ -210,6 +225,63 @@ class Manifest:
             return _open_uploads(con)
         finally:
             con.close()
+
+    def mark_lost(self, reason: str) -> None:
+        """The repository's bucket was found missing: what the manifest holds may be gone
+        with it. Any process may call this at any time (it writes a file beside the
+        manifest, atomically); the mark stays until a reconcile that began after it."""
+        os.makedirs(self.directory, exist_ok=True)
+        tmp = f"{self.lost_path}.{os.getpid()}.{threading.get_ident()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(f"{uuid.uuid4().hex} {reason}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.lost_path)
+
+    def lost(self) -> str | None:
+        """The lost-bucket mark (a token, then the reason), or None."""
+        try:
+            with open(self.lost_path, encoding="utf-8") as f:
+                return f.read().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def reconcile(self, listing: Iterable[list[tuple[str, int]]], prefix: str) -> Reconciled:
+        """Rank 0 or the service, with no task on the file system: forget the entries whose
+        object is not among `listing` (pages of (key, size) of everything under `prefix`),
+        or whose file or symlink object has another size, and clear the lost-bucket mark
+        seen before the listing began. An intent stays while its key is there (it is sent
+        again anyway). Delta logs left by a dead job are merged first."""
+        mark = self.lost()
+        self.merge()
+        con = sqlite3.connect(self.db_path)
+        try:
+            con.execute("CREATE TEMP TABLE listed(dir BLOB NOT NULL, name BLOB NOT NULL, isdir INTEGER NOT NULL, "
+                        "size INTEGER, PRIMARY KEY(dir, name, isdir)) WITHOUT ROWID")
+            listed = 0
+            for page in listing:
+                rows = []
+                for key, size in page:
+                    listed += 1
+                    if not key.startswith(prefix) or len(key) == len(prefix):
+                        continue
+                    rel = key[len(prefix):]
+                    rows.append((*split(rel.rstrip("/")), int(rel.endswith("/")), size))
+                con.executemany("INSERT OR REPLACE INTO listed VALUES (?,?,?,?)", rows)
+            with con:
+                forgotten = con.execute(
+                    "DELETE FROM entries WHERE NOT EXISTS (SELECT 1 FROM listed l WHERE l.dir = entries.dir "
+                    "AND l.name = entries.name AND l.isdir = ((entries.mode & 61440) = 16384) "
+                    "AND (entries.size < 0 OR (entries.mode & 61440) NOT IN (32768, 40960) "
+                    "OR l.size = entries.size))").rowcount
+        finally:
+            con.close()
+        if mark is not None and self.lost() == mark:  # a mark made during the listing stays
+            try:
+                os.unlink(self.lost_path)
+            except FileNotFoundError:
+                pass
+        return Reconciled(listed, forgotten)
 
     def count(self) -> int:
         if not os.path.exists(self.db_path):

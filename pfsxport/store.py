@@ -22,7 +22,7 @@ import time
 import uuid
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 from urllib.parse import quote
 from xml.sax.saxutils import escape, unescape
 
@@ -105,6 +105,9 @@ class S3Store:
         # one) skip botocore's per-request machinery: ~0.5 ms of client CPU per PUT instead
         # of ~1.7 ms, and no client to build (~0.5 s of start-up per rank).
         self.fast = _Signed.for_store(self)
+        # The first NoSuchBucket any request met: objects written before may be gone with the
+        # bucket, which the manifest must learn (Manifest.mark_lost). Read and reset by the owner.
+        self.bucket_lost: str | None = None
 
     @property
     def session(self):
@@ -188,6 +191,8 @@ class S3Store:
                 err = _translate_transport_error(op, e)
             except Exception as e:
                 err = _translate_library_error(op, key, e)
+            if isinstance(err, NoSuchBucket) and self.bucket_lost is None:
+                self.bucket_lost = str(err)
             if not err.retryable or attempt == attempts:
                 if err.retryable:  # retries exhausted: the final form of the error
                     cause = err.__cause__
@@ -314,6 +319,16 @@ class S3Store:
             if not r.get("IsTruncated"):
                 return out
             kw["PartNumberMarker"] = r["NextPartNumberMarker"]
+
+    def list_objects(self, prefix: str) -> Iterator[list[tuple[str, int]]]:
+        """(key, size) of every object under `prefix`, a page (up to 1000) at a time."""
+        kw: dict[str, Any] = {"Prefix": prefix}
+        while True:
+            r = self._call("list_objects_v2", **kw)
+            yield [(o["Key"], o["Size"]) for o in r.get("Contents", [])]
+            if not r.get("IsTruncated"):
+                return
+            kw["ContinuationToken"] = r["NextContinuationToken"]
 
     def delete_objects(self, keys: list[str]) -> dict[str, str]:
         """Delete up to 1000 keys in one request; returns {key: error} for those that failed."""

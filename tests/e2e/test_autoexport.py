@@ -14,7 +14,7 @@ import pytest
 from conftest import list_keys, pfsxport, run_export
 
 from pfsxport.config import file_system_id_for
-from treeutil import assert_bucket_matches_tree, posix_headers
+from treeutil import assert_bucket_matches_tree, posix_headers, settle_atimes
 
 
 def eventually(check, timeout: float = 60.0, what: str = "", show=None):
@@ -54,16 +54,16 @@ class Service:
     def describe(self, aid: str) -> dict:
         return self.dra("describe", aid)["Associations"][0]
 
-    def start(self, env: dict | None = None) -> "Service":
+    def start(self, env: dict | None = None, wait: bool = True) -> "Service":
         """Start the service and wait until its first scan is done (`env`: test hooks that
-        may end it sooner)."""
+        may end it sooner; `wait=False`: a service that cannot finish it yet)."""
         os.makedirs(self.state, exist_ok=True)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pfsxport", "auto-export", "--fs-root", self.root, "--state-dir", self.state,
              "--debounce", "0.1", "--rescan-interval", "0", "--recheck-interval", "0.5", *self.extra],
             env={**os.environ, **self.server.env(), **(env or {})}, stdout=subprocess.DEVNULL,
             stderr=open(self.log, "ab"))
-        if env:
+        if env or not wait:
             return self
         eventually(lambda: self.status().get("Pid") == self.proc.pid and all(
             a["Backlog"] == 0 for a in self.status()["Associations"].values()), 60, "the service to start")
@@ -277,6 +277,73 @@ def test_misconfigured_keeps_the_backlog_and_recovers(moto, service):
     eventually(lambda: len([k for k in list_keys(c, bucket) if k.startswith("m/while-")]) == 20, 60,
                "the backlog in S3")
     assert_bucket_matches_tree(c, bucket, "m/", res, dir_metadata=False, content_types=False)
+
+
+def _lose_bucket(c, bucket):
+    """Delete the bucket and every object in it, as someone behind the service's back."""
+    for key in list_keys(c, bucket):
+        c.delete_object(Bucket=bucket, Key=key)
+    c.delete_bucket(Bucket=bucket)
+
+
+def _lost_bucket_tree(res):
+    """9 entries exported before the bucket goes (unchanged since) and 19 made while it is gone."""
+    os.makedirs(os.path.join(res, "old"))
+    for i in range(8):
+        with open(os.path.join(res, "old", f"f{i}"), "wb") as f:
+            f.write(b"exported before %d" % i)
+    settle_atimes(res)
+
+
+def _while_gone(res):
+    for i in range(19):
+        with open(os.path.join(res, f"while-{i}"), "wb") as f:
+            f.write(b"queued %d" % i)
+
+
+@pytest.mark.parametrize("restart", [False, True])
+def test_objects_lost_with_a_deleted_bucket_come_back(moto, service, restart):
+    """The bucket is deleted (its objects with it) while auto-export runs, then made again:
+    once AVAILABLE, the bucket equals the tree again, the entries exported before the outage
+    and unchanged since included; also when the service was restarted while MISCONFIGURED."""
+    s = service(server=moto)
+    bucket = moto.new_bucket()
+    c = moto.client()
+    aid = s.associate("/m", f"s3://{bucket}/m/", "NEW,CHANGED,DELETED")
+    idle = s.associate("/n", f"s3://{bucket}/n/", "NEW,CHANGED,DELETED")  # same bucket, no change at all
+    res = os.path.join(s.root, "m")
+    _lost_bucket_tree(res)
+    with open(os.path.join(s.root, "n", "quiet"), "wb") as f:
+        f.write(b"never touched")
+    s.start()
+    before = {"m/old/"} | {f"m/old/f{i}" for i in range(8)}
+    eventually(lambda: before | {"n/quiet"} <= set(list_keys(c, bucket)), what="first export")
+    _lose_bucket(c, bucket)
+    _while_gone(res)
+    eventually(lambda: s.describe(aid)["Lifecycle"] == "MISCONFIGURED", 60, "MISCONFIGURED")
+    if restart:
+        assert s.stop() == 0
+        s.start(wait=False)
+        eventually(lambda: s.status().get("Pid") == s.proc.pid, 30, "the restarted service")
+        assert s.describe(aid)["Lifecycle"] == "MISCONFIGURED"
+    c.create_bucket(Bucket=bucket)
+    eventually(lambda: s.describe(aid)["Lifecycle"] == "AVAILABLE", 60, "AVAILABLE again")
+    eventually(lambda: s.describe(idle)["Lifecycle"] == "AVAILABLE", 60, "the other association AVAILABLE")
+
+    def settled():
+        keys = {k for k in list_keys(c, bucket) if ".pfsxport-probe-" not in k}
+        want = before | {f"m/while-{i}" for i in range(19)} | {"n/quiet"}
+        assert keys == want, f"missing {sorted(want - keys)}, extra {sorted(keys - want)}"
+        return True
+    eventually(settled, 60, "the bucket to equal the tree again")
+    assert_bucket_matches_tree(c, bucket, "m/", res, dir_metadata=True, content_types=True)
+    assert_bucket_matches_tree(c, bucket, "n/", os.path.join(s.root, "n"), dir_metadata=True, content_types=True)
+    # each entry sent once per bucket: 9 before, then the 9 lost and the 19 new (a restarted service counts anew)
+    want = 28 if restart else 37
+    eventually(lambda: s.stats(aid)["Exported"] == want, 10, f"{want} exported",
+               show=lambda: s.stats(aid))
+    assert s.stop() == 0
+    assert "Traceback" not in s.output()
 
 
 def test_kill9_during_a_burst_then_restart(seaweed, service):

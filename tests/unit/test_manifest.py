@@ -128,3 +128,54 @@ def test_open_uploads_survive_until_ended(manifest):
     log.add("E", "up1")
     log.close()
     assert manifest.merge() == []
+
+
+LINK = (5, 1, 2, 0o120777, 0, 0, 9)
+
+
+def _exported(manifest, entries):
+    log = manifest.delta_log("t", 0)
+    for path, rec in entries:
+        log.put(path, rec) if len(rec) == 7 else log.add("I", path, rec[0])
+    log.close()
+    manifest.merge()
+
+
+def test_reconcile_forgets_the_entries_whose_object_is_missing_or_another_size(manifest):
+    _exported(manifest, [("a", DIR), ("a/f", REC), ("a/g", REC), ("a/link", LINK), ("top", REC),
+                         ("a/kept-link", LINK), ("cut", (REC[3],)), ("d2", (DIR[3],))])
+    listing = [[("p/a/", 0), ("p/a/f", 10), ("p/a/g", 3), ("p/top/", 0)],  # a/g: another size; top: a dir's key
+               [("p/a/kept-link", 5), ("p/cut", 99), ("p/foreign", 1), ("p/", 0)]]
+    done = manifest.reconcile(iter(listing), "p/")
+    assert (done.listed, done.forgotten) == (8, 4)
+    r = manifest.reader()
+    assert set(r.directory("")) == {b"a", b"cut"}  # an intent whose key is there stays (sent again anyway)
+    assert set(r.directory("a")) == {b"f", b"kept-link"}
+    # a second listing of the same bucket forgets nothing more
+    assert manifest.reconcile(iter(listing), "p/").forgotten == 0
+
+
+def test_reconcile_of_an_empty_bucket_forgets_everything_and_applies_pending_logs_first(manifest):
+    _exported(manifest, [("a", DIR), ("a/f", REC)])
+    log = manifest.delta_log("dead-job", 1)  # a job that died: its log is not merged yet
+    log.put("b", REC)
+    log.close()
+    assert manifest.reconcile(iter([]), "").forgotten == 3
+    assert manifest.count() == 0
+
+
+def test_a_lost_bucket_mark_stays_until_a_reconcile_that_began_after_it(manifest):
+    assert manifest.lost() is None
+    manifest.mark_lost("put_object: NoSuchBucket")
+    assert "NoSuchBucket" in manifest.lost()
+    assert Manifest(manifest.directory).lost() == manifest.lost()  # on disk: a restart still sees it
+    manifest.reconcile(iter([]), "")
+    assert manifest.lost() is None
+
+    def listing():  # the bucket is lost again while the listing runs: that mark is kept
+        manifest.mark_lost("first")
+        yield []
+        manifest.mark_lost("again, during the listing")
+        yield []
+    manifest.reconcile(listing(), "")
+    assert "during the listing" in manifest.lost()
