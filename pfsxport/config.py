@@ -74,6 +74,7 @@ class ExportConfig:
     transfer: TransferSettings = field(default_factory=TransferSettings)
     full: bool = False
     delete: bool = False
+    reconcile: bool = False  # list each repository prefix once and forget what is missing there
     task_id: str = ""  # run this PENDING task (task create) instead of creating one
     progress: str = "auto"
     progress_interval: float = 10.0
@@ -212,6 +213,7 @@ SCHEMA: dict[str, Callable[[Any], Any]] = {
     "file_system_id": _fsid,
     "full": _bool,
     "delete": _bool,
+    "reconcile": _bool,
     "s3.endpoint_url": endpoint_url,
     "s3.region": _str,
     "s3.profile": _str,
@@ -348,6 +350,7 @@ def resolve(file_values: dict[str, Any], cli_values: dict[str, Any], config_path
         transfer=transfer,
         full=values.get("full", False),
         delete=values.get("delete", False),
+        reconcile=values.get("reconcile", False),
         progress=values.get("progress.mode", "auto"),
         progress_interval=values.get("progress.interval", 10.0),
         status_interval=values.get("progress.status_interval", 2.0),

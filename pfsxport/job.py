@@ -216,7 +216,8 @@ def _prepare(cfg: ExportConfig, state: StateDir, nranks: int, fs_lock: FileLock)
         if cfg.repository is None:
             log.info("%s -> %s", leg.fs_root, leg.repository)
         # What a job that died made durable goes into the manifest before anything is decided.
-        open_uploads = _manifest(cfg, leg.repository).merge()
+        manifest = _manifest(cfg, leg.repository)
+        open_uploads = manifest.merge()
         if open_uploads:
             log.info("found %d multipart upload(s) left open by an earlier job: their parts are reused where "
                      "the file is unchanged, else they are aborted", len(open_uploads))
@@ -224,7 +225,13 @@ def _prepare(cfg: ExportConfig, state: StateDir, nranks: int, fs_lock: FileLock)
         store = _store(cfg, leg.repository)
         try:
             leg.caps = store.probe(leg.repository.prefix, cfg.s3.checksum)
+            if cfg.reconcile or manifest.lost() is not None:  # --reconcile, or the bucket was found gone
+                done = manifest.reconcile(store.list_objects(leg.repository.prefix), leg.repository.prefix)
+                log.info("reconciled with %s: %d object(s) listed, %d entr%s missing there to export again",
+                         leg.repository, done.listed, done.forgotten, "y" if done.forgotten == 1 else "ies")
         except StoreError as e:
+            if store.bucket_lost:
+                manifest.mark_lost(store.bucket_lost)
             if len(legs) == 1:
                 return _fail_early(state, rec, f"cannot write to {leg.repository}: {e}", ExitCode.STORE_UNREACHABLE)
             log.error("cannot write to %s: %s; the entries under %s fail, the other associations go ahead",
@@ -420,6 +427,8 @@ def _run_leg(world, cfg: ExportConfig, task_id: str, leg: Leg, scheduler: Schedu
              lambda ch: Worker(transfer, ch, t.concurrency, t.parts_in_flight, delta.flush), STOP)
     if world.rank == 0:
         _abort_unclaimed(transfer, scheduler, leg.roots)
+    if store.bucket_lost:  # what this task wrote may be gone with the bucket: the next task reconciles
+        manifest.mark_lost(store.bucket_lost)
     delta.close()
     reader.close()
     world.barrier()  # every rank's delta log is complete before rank 0 merges them

@@ -221,6 +221,7 @@ def test_defaults(root, monkeypatch):
     assert cfg.transfer.multipart_threshold == 64 * MiB
     assert cfg.s3.addressing_style == "auto"
     assert cfg.progress == "auto"
+    assert (cfg.full, cfg.delete, cfg.reconcile) == (False, False, False)
     assert re.fullmatch(r"fs-[0-9a-f]{17}", cfg.file_system_id)  # FSx FileSystemId shape (T-4)
     assert cfg.file_system_id == file_system_id_for(root)
 
@@ -271,6 +272,7 @@ progress:
   mode: "off"
   interval: 30
   status_interval: 1
+reconcile: true
 """)
     cfg = load(p, {})
     assert cfg.report_path.prefix == "reports"  # report path: no trailing slash
@@ -289,6 +291,7 @@ progress:
     assert cfg.progress == "off"
     assert cfg.progress_interval == 30.0
     assert cfg.status_interval == 1.0
+    assert cfg.reconcile is True
 
 
 def test_file_system_id_is_stable_per_root(tmp_path, root):
