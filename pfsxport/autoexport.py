@@ -398,6 +398,8 @@ class AutoExport:
                  lambda ch: Worker(transfer, ch, t.concurrency, t.parts_in_flight, delta.flush), STOP)
         delta.close()
         reader.close()
+        if scheduler.fault is not None:  # the state directory failed: the service stops and says why
+            raise scheduler.fault
         manifest.merge()
         self._bucket_lost(store)
         if len(r.passed) > MAX_PASSED:  # forgotten: a later scan judges those entries afresh

@@ -433,6 +433,11 @@ def _export(args) -> int:
 
     try:
         return int(export(world, cfg))
+    except PfsxError as e:  # e.g. the state directory failed where no record could take the reason
+        log.error("%s", e)
+        if world.size > 1:
+            world.abort(e.exit_code)
+        return e.exit_code
     except Exception:
         log.exception("pfsxport crashed on rank %d of %d (%s)", world.rank, world.size, world.host)
         if world.size > 1:

@@ -5,6 +5,7 @@ carries the FSx report ErrorCode it becomes and the exit code a scheduler can ac
 """
 from __future__ import annotations
 
+import errno
 from enum import Enum, IntEnum
 
 
@@ -33,6 +34,7 @@ class ExitCode(IntEnum):
     CANCELED = 4  # the task was canceled
     STORE_UNREACHABLE = 5  # endpoint down, bucket missing or access denied: fix or retry later
     TASK_EXECUTING = 6  # another task is executing on this file system (DataRepositoryTaskExecuting)
+    STATE_UNUSABLE = 7  # the state directory cannot be written (read-only, not a directory, full) or is corrupt
 
 
 class PfsxError(Exception):
@@ -104,3 +106,41 @@ class TaskError(PfsxError):
         self.name = name
         if exit_code is not None:
             self.exit_code = exit_code
+
+
+class StateError(PfsxError):
+    """The state directory cannot be used: a file in it cannot be written or read back.
+    `name` is StateDirectoryUnusable (the file system refused: read-only, not a directory,
+    full) or StateFileCorrupt (a file is there but cut off or overwritten)."""
+
+    exit_code = ExitCode.STATE_UNUSABLE
+
+    def __init__(self, name: str, message: str):
+        super().__init__(f"{name}: {message}")
+        self.name = name
+        self.detail = message
+
+    def __reduce__(self):  # it travels between ranks
+        return type(self), (self.name, self.detail)
+
+
+def unusable(path: str, err: OSError, doing: str = "write") -> StateError:
+    """A StateError for an OSError on `path` in the state directory: the reason first (a
+    task's FailureDetails keep 256 characters), then the file."""
+    reason = err.strerror or type(err).__name__
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        advice = "free space there"
+    elif err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        advice = "make it writable"
+    elif err.errno in (errno.ENOTDIR, errno.EEXIST):
+        advice = "the state directory must be a directory"
+    else:
+        advice = "check the state directory"
+    return StateError("StateDirectoryUnusable", f"{reason}: cannot {doing} {path} ({advice}, or give another "
+                      "--state-dir; then re-run the same command)")
+
+
+def corrupt(path: str, err: Exception, what: str, advice: str) -> StateError:
+    """A StateError for a file in the state directory that is there but cannot be parsed."""
+    detail = f"missing {err}" if isinstance(err, KeyError) else str(err)
+    return StateError("StateFileCorrupt", f"{what} {path} cannot be read: {detail}; {advice}")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from .config import ExportConfig
 from .dra import Association, AssociationLifecycle
-from .errors import ConfigError, ExitCode, InputError, StoreError, TaskError
+from .errors import ConfigError, ExitCode, InputError, StateError, StoreError, TaskError
 from .eventlog import NOT_IN_DRA, EventLog, export_message, log_path
 from .lifecycle import TaskLifecycle, end_state
 from .lustre import LayoutSource
@@ -185,11 +185,19 @@ def _prepare(cfg: ExportConfig, state: StateDir, nranks: int, fs_lock: FileLock)
             rec = state.adopt(cfg.task_id, nranks)
         else:
             rec = new_record(cfg, nranks)
-            state.create(rec)
-    except TaskError as e:
+            state.create(rec, own=True)
+    except (TaskError, StateError) as e:
         log.error("%s", e)
         return Stop(e.exit_code)
     print(rec.task_id, flush=True)
+    try:
+        return _start(cfg, state, rec, nranks, fs_lock)
+    except StateError as e:  # e.g. a corrupt manifest, or no space left for the record
+        return _fail_early(state, rec, str(e), ExitCode.STATE_UNUSABLE)
+
+
+def _start(cfg: ExportConfig, state: StateDir, rec: TaskRecord, nranks: int, fs_lock: FileLock) -> Setup | Stop:
+    """Rank 0, the task recorded: the rest of _prepare."""
     if not fs_lock.acquire(wait=False):  # auto-export is in the middle of a batch (E-18)
         log.info("waiting for auto-export to finish its current batch on %s", cfg.file_system_id)
         fs_lock.acquire(wait=True)
@@ -277,8 +285,11 @@ def new_record(cfg: ExportConfig, nranks: int = 1) -> TaskRecord:
 def _fail_early(state: StateDir, rec: TaskRecord, message: str, code: ExitCode) -> Stop:
     log.error("task %s FAILED: %s", rec.task_id, message)
     rec.fail(message)
-    state.write(rec)
-    ReportWriter(state.task_dir(rec.task_id)).finish(_attrs(rec))
+    state.write_last(rec)
+    try:
+        ReportWriter(state.task_dir(rec.task_id)).finish(_attrs(rec))
+    except StateError as e:
+        log.error("no local report for task %s: %s", rec.task_id, e)
     return Stop(code)
 
 
@@ -336,7 +347,14 @@ class Monitor(threading.Thread):
         self.rec.counts = p.counts
         self.rec.last_updated = time.time()
         self.check_cancel()
-        self.state.write(self.rec)
+        try:
+            self.state.write(self.rec)
+        except StateError as e:
+            with self.lock:
+                first = self.scheduler.fault is None
+                self.scheduler.halt(e)
+            if first:
+                log.error("%s; the task stops", e)
 
     def print_progress(self, final: bool) -> None:
         with self.lock:
@@ -429,11 +447,18 @@ def _run_leg(world, cfg: ExportConfig, task_id: str, leg: Leg, scheduler: Schedu
         _abort_unclaimed(transfer, scheduler, leg.roots)
     if store.bucket_lost:  # what this task wrote may be gone with the bucket: the next task reconciles
         manifest.mark_lost(store.bucket_lost)
-    delta.close()
+    faults = world.allgather(delta.close())  # every rank's delta log is complete before rank 0 merges them
     reader.close()
-    world.barrier()  # every rank's delta log is complete before rank 0 merges them
     if world.rank == 0:
-        manifest.merge()
+        fault = scheduler.fault or next((f for f in faults if f), None)
+        try:
+            if fault is None:  # else the logs stay for the next task to merge
+                manifest.merge()
+        except StateError as e:
+            fault = e
+        if fault is not None:
+            with lock:
+                scheduler.halt(fault)
 
 
 def _joined(prefix: str, path: str) -> str:
@@ -486,10 +511,15 @@ def _finish(cfg: ExportConfig, state: StateDir, store: S3Store, scheduler: Sched
     final = end_state(scheduler.canceled, p.counts.failed)
     message = f"{p.counts.failed} of {p.counts.total} entries failed to export; " \
               f"see {cfg.report_path}/{rec.task_id}/{FAILURES}" if final is TaskLifecycle.FAILED else ""
+    if scheduler.fault is not None and rec.lifecycle is TaskLifecycle.EXECUTING:
+        final, message = TaskLifecycle.FAILED, str(scheduler.fault)
     planned = dataclasses.replace(rec)
     _end(planned, final, message)
-    paths = writer.finish(_attrs(planned))
-    lost = _upload_report(store, cfg.report_path, rec.task_id, paths)
+    try:
+        lost = _upload_report(store, cfg.report_path, rec.task_id, writer.finish(_attrs(planned)))
+    except StateError as e:
+        log.error("the completion report of task %s could not be written: %s", rec.task_id, e)
+        lost = ""
     code = {TaskLifecycle.SUCCEEDED: ExitCode.SUCCEEDED, TaskLifecycle.CANCELED: ExitCode.CANCELED}.get(
         final, ExitCode.FILES_FAILED)
     where = f"{cfg.report_path}/{rec.task_id}/"
@@ -500,12 +530,15 @@ def _finish(cfg: ExportConfig, state: StateDir, store: S3Store, scheduler: Sched
             final, message = TaskLifecycle.FAILED, f"{lost}; {message}" if message else lost
             code = ExitCode.STORE_UNREACHABLE
     _end(rec, final, message)
-    state.write(rec)
+    state.write_last(rec)
     monitor.print_progress(final=True)
     log.info("task %s %s: %d succeeded, %d failed, %d skipped, %d unchanged, %d deleted, %d retries, "
              "%d bytes sent, %d bytes of earlier uploads reused; report %s", rec.task_id,
              rec.lifecycle.value, p.counts.succeeded, p.counts.failed, p.skipped, p.unchanged, p.deleted,
              p.retries, p.bytes_sent, scheduler.reused_bytes, where)
+    if scheduler.fault is not None:
+        log.error("task %s %s: %s", rec.task_id, rec.lifecycle.value, scheduler.fault)
+        return ExitCode.STATE_UNUSABLE
     return code
 
 

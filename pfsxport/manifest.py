@@ -21,11 +21,16 @@ file beside the manifest (bucket-lost; no SQLite write, so it is safe while a ta
 and the next task or batch on that repository first `reconcile`s the manifest with one
 listing of its prefix: entries whose object is missing (or has another size) are forgotten,
 so the next scan sends exactly those again.
+
+A log that cannot be written (the file system is full) raises StateError at its flush and
+keeps raising: intents that are not durable must not be acted on. A manifest that is not
+a database raises StateError naming it (set it aside, export with --full).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import sqlite3
@@ -33,6 +38,10 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
+
+from .errors import StateError, corrupt, unusable
+
+log = logging.getLogger("pfsxport")
 
 # The stat fields whose change means "export again" (E-4): data (size, mtime), metadata
 # (mode, uid, gid; and ctime, which chmod, chown, utime, rename and writes all move) and
@@ -160,10 +169,15 @@ class DeltaLog:
     """One rank's append-only record of what it made durable during one task."""
 
     def __init__(self, path: str):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        self._f = open(path, "a", encoding="ascii")
+        self.path = path
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            self._f = open(path, "a", encoding="ascii")
+        except OSError as e:
+            raise unusable(path, e, "open") from None
         self._lock = threading.Lock()
         self._pending: list[str] = []
+        self.fault: StateError | None = None  # set by the first write that failed
 
     def add(self, *record) -> None:
         line = _encode(record)
@@ -174,17 +188,34 @@ class DeltaLog:
         self.add("P", path, *rec)
 
     def flush(self) -> None:
-        """Write what was added; a process killed after this loses none of it (page cache)."""
+        """Write what was added; a process killed after this loses none of it (page cache).
+        Raises StateError when the log cannot be written, now or at an earlier flush."""
         with self._lock:  # held while writing: threads flush too, and lines must not interleave
-            if self._pending:
-                self._f.write("\n".join(self._pending) + "\n")
-                self._f.flush()
+            if self.fault is None and self._pending:
+                try:
+                    self._f.write("\n".join(self._pending) + "\n")
+                    self._f.flush()
+                except OSError as e:
+                    self.fault = unusable(self.path, e)
                 self._pending = []
+            if self.fault is not None:
+                raise StateError(self.fault.name, self.fault.detail)
 
-    def close(self) -> None:
-        self.flush()
-        os.fsync(self._f.fileno())
-        self._f.close()
+    def close(self) -> StateError | None:
+        """Flush, fsync and close. Never raises (the task is ending): returns the fault that
+        kept some of the log from being written, if any."""
+        try:
+            self.flush()
+            os.fsync(self._f.fileno())
+        except StateError:
+            pass
+        except OSError as e:
+            self.fault = unusable(self.path, e)
+        try:
+            self._f.close()
+        except OSError as e:  # what a failed write left in the buffer
+            self.fault = self.fault or unusable(self.path, e)
+        return self.fault
 
 
 @dataclass(frozen=True)
@@ -208,9 +239,18 @@ class Manifest:
 
     def merge(self) -> list[OpenUpload]:
         """Rank 0, with no task running on the file system: apply every delta log to the
-        SQLite file (in one transaction), remove the logs, and return the uploads still open."""
-        os.makedirs(self.directory, exist_ok=True)
-        con = sqlite3.connect(self.db_path)
+        SQLite file (in one transaction), remove the logs, and return the uploads still open.
+        Raises StateError when the manifest is corrupt or cannot be written; the logs then
+        stay for the next merge."""
+        try:
+            os.makedirs(self.directory, exist_ok=True)
+        except OSError as e:
+            raise unusable(self.directory, e, "create the directory") from None
+        path = ""
+        try:
+            con = sqlite3.connect(self.db_path)
+        except sqlite3.Error as e:
+            raise self._fault(e) from None
         try:
             con.executescript(_SCHEMA)
             tasks = sorted(os.listdir(self.deltas)) if os.path.isdir(self.deltas) else []
@@ -218,11 +258,22 @@ class Manifest:
                 for task in tasks:
                     tdir = os.path.join(self.deltas, task)
                     for name in sorted(os.listdir(tdir)):
-                        with open(os.path.join(tdir, name), encoding="ascii") as f:
-                            _apply(con, f)
+                        path = os.path.join(tdir, name)
+                        with open(path, encoding="ascii", errors="replace") as f:
+                            bad = _apply(con, f)
+                        if bad:
+                            log.warning("%d record(s) of %s cannot be read (overwritten?): the entries they "
+                                        "recorded are exported again by the next task", bad, path)
             for task in tasks:
                 shutil.rmtree(os.path.join(self.deltas, task), ignore_errors=True)
             return _open_uploads(con)
+        except sqlite3.Error as e:
+            raise self._fault(e) from None
+        except OSError as e:
+            raise unusable(path or self.deltas, e, "read") from None
+        except (IndexError, TypeError, ValueError, AttributeError) as e:  # records that parse but make no sense
+            raise corrupt(path, e, "delta log", "it was overwritten: move it out of the manifest's directory; the "
+                          "entries it recorded are exported again by the next task") from None
         finally:
             con.close()
 
@@ -283,6 +334,13 @@ class Manifest:
                 pass
         return Reconciled(listed, forgotten)
 
+    def _fault(self, e: sqlite3.Error) -> StateError:
+        if getattr(e, "sqlite_errorname", "") in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
+            return corrupt(self.db_path, e, "manifest", "set it aside and run the export with --full to build "
+                           f"it again (mv {self.db_path} {self.db_path}.bad)")
+        return StateError("StateDirectoryUnusable", f"{e}: cannot write the manifest {self.db_path} (free space "
+                          "there or make it writable; then re-run the same command)")
+
     def count(self) -> int:
         if not os.path.exists(self.db_path):
             return 0
@@ -299,10 +357,11 @@ _PUT = "INSERT OR REPLACE INTO entries VALUES (?,?,?,?,?,?,?,?,?)"
 _INTENT = "INSERT OR IGNORE INTO entries VALUES (?,?,-1,0,0,?,0,0,0)"
 
 
-def _apply(con: sqlite3.Connection, lines) -> None:
+def _apply(con: sqlite3.Connection, lines) -> int:
     """Apply a delta log's records in order. Runs of puts and intents (most of any log) go
     in one executemany each; an intent its put followed is dropped, and within a run a put
-    wins over an intent whatever their order."""
+    wins over an intent whatever their order. Returns how many lines could not be read,
+    not counting a last line that a kill cut off."""
     puts: list[tuple] = []
     intents: dict[str, int] = {}
 
@@ -314,12 +373,14 @@ def _apply(con: sqlite3.Connection, lines) -> None:
             con.executemany(_PUT, puts)
             puts.clear()
 
+    bad = 0
     for line in lines:
         try:
             r = json.loads(line)
-        except ValueError:  # a line cut off by a kill: the object it described is simply re-sent
+            op = r[0]
+        except (ValueError, IndexError, KeyError, TypeError):  # a line cut off by a kill: the object
+            bad += line.endswith("\n")                        # it described is simply re-sent
             continue
-        op = r[0]
         if op == "P":
             intents.pop(r[1], None)
             puts.append((*split(r[1]), *r[2:9]))
@@ -344,6 +405,7 @@ def _apply(con: sqlite3.Connection, lines) -> None:
             con.execute("DELETE FROM uploads WHERE upload_id = ?", (r[1],))
             con.execute("DELETE FROM parts WHERE upload_id = ?", (r[1],))
     run_out()
+    return bad
 
 
 def _open_uploads(con: sqlite3.Connection) -> list[OpenUpload]:

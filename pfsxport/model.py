@@ -284,3 +284,4 @@ class UnitOutcome:
     parts: list[PartDone] = field(default_factory=list)
     discovered: Discovered | None = None
     bytes_sent: int = 0
+    fault: Exception | None = None  # the state directory failed the rank (errors.StateError): stop the task

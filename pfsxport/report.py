@@ -11,6 +11,7 @@ import pickle
 import re
 from typing import Iterator
 
+from .errors import StateError, unusable
 from .metadata import printable
 from .model import ReportRow, RowStatus
 
@@ -48,26 +49,37 @@ def report_line(row: ReportRow) -> str:
 
 
 class ReportWriter:
-    """Appends rows as they arrive (rank 0); `finish` builds the HDF5 file."""
+    """Appends rows as they arrive (rank 0); `finish` builds the HDF5 file. A file that
+    cannot be written raises StateError, at once and at every later call."""
 
     def __init__(self, directory: str):
-        os.makedirs(directory, exist_ok=True)
         self.directory = directory
         self.paths = {name: os.path.join(directory, name) for name in (FAILURES, REPORT_CSV, REPORT_H5)}
-        self._failures = open(self.paths[FAILURES], "w", encoding="utf-8", newline="")
-        self._csv = open(self.paths[REPORT_CSV], "w", encoding="utf-8", newline="")
-        self._csv.write(",".join(COLUMNS) + "\n")
         self._spill_path = os.path.join(directory, ".rows.pickle")
-        self._spill = open(self._spill_path, "wb")
+        self.fault: StateError | None = None
+        try:
+            os.makedirs(directory, exist_ok=True)
+            self._failures = open(self.paths[FAILURES], "w", encoding="utf-8", newline="")
+            self._csv = open(self.paths[REPORT_CSV], "w", encoding="utf-8", newline="")
+            self._csv.write(",".join(COLUMNS) + "\n")
+            self._spill = open(self._spill_path, "wb")
+        except OSError as e:
+            raise unusable(e.filename or directory, e) from None
         self.rows = 0
 
     def add(self, rows: list[ReportRow]) -> None:
-        for r in rows:
-            if r.status is RowStatus.FAILED:
-                self._failures.write(failure_line(r))
-            self._csv.write(report_line(r))
-        pickle.dump(rows, self._spill, protocol=pickle.HIGHEST_PROTOCOL)
+        if self.fault is None:
+            try:
+                for r in rows:
+                    if r.status is RowStatus.FAILED:
+                        self._failures.write(failure_line(r))
+                    self._csv.write(report_line(r))
+                pickle.dump(rows, self._spill, protocol=pickle.HIGHEST_PROTOCOL)
+            except OSError as e:
+                self.fault = unusable(self.directory, e)
         self.rows += len(rows)
+        if self.fault is not None:
+            raise StateError(self.fault.name, self.fault.detail)
 
     def _spilled(self) -> Iterator[list[ReportRow]]:
         with open(self._spill_path, "rb") as f:
@@ -84,11 +96,26 @@ class ReportWriter:
                 yield pending
 
     def finish(self, attrs: dict) -> dict[str, str]:
-        """Close the CSVs, write report.h5 (one row per entry, task fields as attributes)."""
-        for f in (self._failures, self._csv, self._spill):
-            f.close()
-        write_h5(self.paths[REPORT_H5], self._spilled(), attrs)
-        os.unlink(self._spill_path)
+        """Close the CSVs, write report.h5 (one row per entry, task fields as attributes).
+        Raises StateError if the report could not be written whole; the spill goes anyway."""
+        try:
+            for f in (self._failures, self._csv, self._spill):
+                try:
+                    f.close()
+                except OSError as e:
+                    self.fault = self.fault or unusable(self.directory, e)
+            if self.fault is None:
+                try:
+                    write_h5(self.paths[REPORT_H5], self._spilled(), attrs)
+                except OSError as e:
+                    self.fault = unusable(self.paths[REPORT_H5], e)
+        finally:
+            try:
+                os.unlink(self._spill_path)
+            except OSError:
+                pass
+        if self.fault is not None:
+            raise StateError(self.fault.name, self.fault.detail)
         return self.paths
 
 
@@ -101,11 +128,23 @@ def write_h5(path: str, chunks: Iterator[list[ReportRow]], attrs: dict) -> None:
     import h5py
     import numpy as np
 
+    tmp = path + ".tmp"
+    try:
+        _write_h5(h5py, np, tmp, chunks, attrs)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _write_h5(h5py, np, tmp: str, chunks: Iterator[list[ReportRow]], attrs: dict) -> None:
     text = h5py.string_dtype("utf-8")
     dtypes = {"path": text, "type": text, "size": np.int64, "status": text, "error_code": text,
               "bytes": np.int64, "parts": np.int32, "checksum": text, "retries": np.int32, "rank": np.int32,
               "osts": text, "seconds": np.float64, "message": text}
-    tmp = path + ".tmp"
     with h5py.File(tmp, "w") as f:
         g = f.create_group("entries")
         ds = {c: g.create_dataset(c, shape=(0,), maxshape=(None,), dtype=dtypes[c], chunks=(_CHUNK,))
@@ -129,4 +168,3 @@ def write_h5(path: str, chunks: Iterator[list[ReportRow]], attrs: dict) -> None:
         for k, v in attrs.items():
             f.attrs[k] = v
         f.attrs["entries"] = n
-    os.replace(tmp, path)

@@ -9,6 +9,9 @@ then small-entry batches, then directory scans (a stack: depth first keeps it sm
 scans go first while batches are scarce, so the walk keeps every rank fed. Parts are handed
 out by the OSTs they read from: the least busy OSTs first, and never more than
 `reads_per_ost` part reads in flight on one OST across the job.
+
+A fault of the state directory (a rank's delta log or the report sink cannot be written)
+halts the task: it stops as a cancel does, and `fault` says why.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .errors import StateError
 from .lifecycle import Counts
 from .model import (BatchUnit, CopyUnit, DeleteTreeUnit, DeleteUnit, DirUnit, Entry, FinishUnit, LargeFileUnit,
                     PartDone, PartUnit, ReportRow, RowStatus, UnitOutcome, UploadStarted)
@@ -166,6 +170,7 @@ class Scheduler:
         self.bytes_sent = 0
         self.retries = 0
         self.canceled = False
+        self.fault: Exception | None = None  # why the task was halted (a StateError)
         self._uid = 0
         for u in roots:
             self._push(u)
@@ -273,7 +278,12 @@ class Scheduler:
                 else:
                     self.skipped += 1
                 self.retries += r.retries
-            self.sink(o.rows)
+            try:
+                self.sink(o.rows)
+            except StateError as e:
+                self.halt(e)
+        if o.fault is not None:
+            self.halt(o.fault)
         if o.discovered:
             self.discovered += o.discovered.entries
             self.discovered_bytes += o.discovered.bytes
@@ -403,6 +413,12 @@ class Scheduler:
         self.large.clear()
         self.batches.clear()
         self.dirs.clear()
+
+    def halt(self, fault: Exception) -> None:
+        """Stop as a cancel does, because of `fault` (the first one is kept)."""
+        if self.fault is None:
+            self.fault = fault
+        self.cancel()
 
     def progress(self) -> Progress:
         return Progress(Counts(self.counts.total, self.counts.succeeded, self.counts.failed), self.skipped,

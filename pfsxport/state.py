@@ -5,11 +5,20 @@ so a reader on another node always sees a whole record. One record per task:
 `STATE/tasks/TASK_ID.json`; a cancel request is the file `STATE/tasks/TASK_ID.cancel`;
 reports live in `STATE/tasks/TASK_ID/`. Creating a task takes a lock so that the
 one-task-per-file-system rule (T-6) holds between concurrent `export` commands.
+
+Liveness: the process that runs a task holds an flock on `STATE/tasks/TASK_ID.owner` from
+the moment it owns the task until it writes the task's last record. The kernel drops the
+lock when the process dies (a zombie holds none), and on Lustre mounted with `-o flock`
+every node sees it. Without the file (a record of an older version, or a file system with
+no flock) the recorded pid and its start time stand in on the same host, and the record's
+age on another one. Files that cannot be written or read back raise StateError.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
+import logging
 import os
 import secrets
 import socket
@@ -19,16 +28,54 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from .errors import ConfigError, ExitCode, TaskError
+from .errors import ConfigError, ExitCode, StateError, TaskError, corrupt, unusable
 from .lifecycle import Counts, TaskLifecycle, transition
+
+log = logging.getLogger("pfsxport")
 
 TASK_TYPE = "EXPORT_TO_REPOSITORY"
 REPORT_FORMAT = "REPORT_CSV_20191124"
 REPORT_SCOPE = "FAILED_FILES_ONLY"
 MAX_MESSAGE = 256
-# A running task refreshes its record every few seconds; one not refreshed for this long,
-# whose process is not alive on this host, belongs to a job that is gone.
+# A running task refreshes its record every few seconds; one from another host with no lock
+# file to test, not refreshed for this long, belongs to a job that is gone.
 STALE_SECONDS = 120.0
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, start time in clock ticks since boot) of a process from /proc/PID/stat
+    (fields 3 and 22), or None when there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rpartition(b")")[2].split()
+        return fields[0].decode(), int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def process_start(pid: int) -> int | None:
+    """The start time of a process, which with its pid names it uniquely on a host."""
+    stat = _proc_stat(pid)
+    return stat[1] if stat else None
+
+
+def process_alive(pid: int, start_ticks: int | None) -> bool:
+    """Whether `pid` on this host is still the process that started at `start_ticks`
+    (unknown: any live process with that pid). A zombie is dead, and so is a pid taken
+    over by another process since."""
+    if not os.path.exists("/proc/self/stat"):  # no procfs: all we can ask is whether the pid exists
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return True
+    stat = _proc_stat(pid)
+    if stat is None or stat[0] in ("Z", "X"):
+        return False
+    return start_ticks is None or stat[1] == start_ticks
 
 
 def new_task_id() -> str:
@@ -51,6 +98,7 @@ class TaskRecord:
     failure_message: str | None = None
     host: str = field(default_factory=socket.gethostname)
     pid: int = field(default_factory=os.getpid)
+    start_ticks: int | None = field(default_factory=lambda: process_start(os.getpid()))  # of the pid
     ranks: int = 1
     slurm_job_id: str | None = field(default_factory=lambda: os.environ.get("SLURM_JOB_ID"))
     request: dict | None = None  # a PENDING task's export arguments and working directory
@@ -94,7 +142,8 @@ class TaskRecord:
         d = self.to_fsx()
         d["FailureMessage"] = self.failure_message
         d["EndTime"] = self.end_time
-        d["Owner"] = {"Host": self.host, "Pid": self.pid, "Ranks": self.ranks, "SlurmJobId": self.slurm_job_id}
+        d["Owner"] = {"Host": self.host, "Pid": self.pid, "StartTicks": self.start_ticks, "Ranks": self.ranks,
+                      "SlurmJobId": self.slurm_job_id}
         d["DataRepositoryPath"] = self.repository
         d["Request"] = self.request
         return d
@@ -110,21 +159,62 @@ class TaskRecord:
             start_time=d.get("StartTime"), end_time=d.get("EndTime"),
             counts=Counts(st.get("TotalCount", 0), st.get("SucceededCount", 0), st.get("FailedCount", 0)),
             last_updated=st.get("LastUpdatedTime", d["CreationTime"]), failure_message=d.get("FailureMessage"),
-            host=owner.get("Host", ""), pid=owner.get("Pid", 0), ranks=owner.get("Ranks", 1),
+            host=owner.get("Host", ""), pid=owner.get("Pid", 0), start_ticks=owner.get("StartTicks"),
+            ranks=owner.get("Ranks", 1),
             slurm_job_id=owner.get("SlurmJobId"), request=d.get("Request"))
 
 
-def _write_atomic(path: str, data: bytes) -> None:
+def _replace(path: str, data: bytes) -> None:
+    """Write a temporary file, fsync it, rename it over `path`; on failure nothing is left."""
     tmp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    try:
+        _replace(path, data)
+    except OSError as e:
+        raise unusable(path, e) from None
+
+
+def _overwrite(path: str, data: bytes) -> bool:
+    """Last resort on a full file system: rewrite an existing file in the blocks it has
+    (a record is well under one block); not atomic for a reader meanwhile."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+        os.fsync(fd)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _makedirs(path: str) -> None:
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise unusable(path, e, "create the directory") from None
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    _makedirs(os.path.dirname(path))
     _write_atomic(path, json.dumps(obj, indent=1).encode())
 
 
@@ -137,8 +227,11 @@ class FileLock:
         self._f = None
 
     def acquire(self, wait: bool) -> bool:
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        f = open(self.path, "a+")
+        _makedirs(os.path.dirname(self.path))
+        try:
+            f = open(self.path, "a+")
+        except OSError as e:
+            raise unusable(self.path, e, "open") from None
         try:
             fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
@@ -168,13 +261,83 @@ class FileLock:
             return ""
 
 
+class OwnerLock:
+    """The flock on `STATE/tasks/TASK_ID.owner` by which the process running a task shows
+    that it lives. The file is locked under a temporary name and then renamed, so it is
+    never there unlocked while its owner lives."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._fd: int | None = None
+
+    def hold(self) -> bool:
+        """Create the file locked; False where the file system has no flock."""
+        tmp = f"{self.path}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise unusable(tmp, e, "create") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.replace(tmp, self.path)
+        except OSError as e:
+            os.close(fd)
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            if e.errno in (errno.ENOLCK, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                log.warning("no flock on %s (%s): liveness of this task falls back to its pid and the age of "
+                            "its record (on Lustre, mount with -o flock)", self.path, e.strerror)
+                return False
+            raise unusable(self.path, e, "create") from None
+        self._fd = fd
+        return True
+
+    def release(self, remove: bool = True) -> None:
+        """Drop the lock; `remove` takes the file away first (nobody needs it any more)."""
+        if self._fd is None:
+            return
+        if remove:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+        os.close(self._fd)
+        self._fd = None
+
+    @staticmethod
+    def test(path: str) -> bool | None:
+        """True: someone holds the lock; False: nobody does (its owner is gone); None:
+        nothing to test (no such file, or no flock on this file system)."""
+        for mode in (os.O_WRONLY, os.O_RDONLY):  # NFS-style flock emulation wants a writer
+            try:
+                fd = os.open(path, mode | os.O_CLOEXEC)
+                break
+            except OSError as e:
+                if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                    return None
+        else:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return None
+        finally:
+            os.close(fd)  # and with it the lock, if this test took it
+        return False
+
+
 class StateDir:
     def __init__(self, root: str):
         self.root = root
         self.tasks = os.path.join(root, "tasks")
+        self._owned: dict[str, OwnerLock] = {}  # task id -> the lock this process holds as its owner
 
     def ensure(self) -> None:
-        os.makedirs(self.tasks, exist_ok=True)
+        _makedirs(self.tasks)
 
     def record_path(self, task_id: str) -> str:
         return os.path.join(self.tasks, task_id + ".json")
@@ -185,32 +348,84 @@ class StateDir:
     def cancel_path(self, task_id: str) -> str:
         return os.path.join(self.tasks, task_id + ".cancel")
 
+    def owner_path(self, task_id: str) -> str:
+        return os.path.join(self.tasks, task_id + ".owner")
+
+    def _own(self, task_id: str) -> None:
+        """This process becomes the task's owner: it holds its lock until the task ends."""
+        lock = OwnerLock(self.owner_path(task_id))
+        if lock.hold():
+            self._owned[task_id] = lock
+
+    def release(self, task_id: str, remove: bool = True) -> None:
+        """Give up ownership of a task (done by the write of its last record)."""
+        lock = self._owned.pop(task_id, None)
+        if lock is not None:
+            lock.release(remove)
+
     def write(self, rec: TaskRecord) -> None:
-        _write_atomic(self.record_path(rec.task_id), json.dumps(rec.to_json(), indent=1).encode())
+        """Write a record atomically. A task's last record goes in place if the file system
+        is full; writing it gives up this process's ownership of the task."""
+        path = self.record_path(rec.task_id)
+        data = json.dumps(rec.to_json(), indent=1).encode()
+        try:
+            _replace(path, data)
+        except OSError as e:
+            if not (rec.lifecycle.terminal and e.errno in _FULL and _overwrite(path, data)):
+                raise unusable(path, e) from None
+            log.warning("the state directory is full: %s was rewritten in place", path)
+        finally:
+            if rec.lifecycle.terminal:
+                self.release(rec.task_id)
+
+    def write_last(self, rec: TaskRecord) -> bool:
+        """A task's last record, as far as it can still be written: never raises (the task
+        ends either way); False, with an ERROR, when it could not be written."""
+        try:
+            self.write(rec)
+            return True
+        except StateError as e:
+            log.error("%s: the last record of task %s (%s) could not be written", e, rec.task_id,
+                      rec.lifecycle.value)
+            return False
 
     def read(self, task_id: str) -> TaskRecord:
+        path = self.record_path(task_id)
         try:
-            with open(self.record_path(task_id), encoding="utf-8") as f:
+            with open(path, encoding="utf-8") as f:
                 return TaskRecord.from_json(json.load(f))
         except FileNotFoundError:
             raise TaskError("DataRepositoryTaskNotFound", f"no task {task_id} in {self.tasks}") from None
+        except OSError as e:
+            raise unusable(path, e, "read") from None
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise corrupt(path, e, "task record", f"it was cut off or overwritten: move it out of {self.tasks} "
+                          f"(the task's report, if any, is in {self.task_dir(task_id)})") from None
 
     def all(self) -> Iterator[TaskRecord]:
+        """Every task record that can be read; a WARNING for each one that cannot."""
         try:
             names = sorted(os.listdir(self.tasks))
         except FileNotFoundError:
             return
+        except OSError as e:
+            raise unusable(self.tasks, e, "list") from None
         for n in names:
             if n.startswith("task-") and n.endswith(".json"):
                 try:
                     yield self.read(n[:-5])
-                except (TaskError, ValueError, KeyError):
-                    continue
+                except (TaskError, StateError) as e:
+                    log.warning("%s (the task is left out)", e)
 
     @contextmanager
     def _lock(self) -> Iterator[None]:
         self.ensure()
-        with open(os.path.join(self.tasks, ".lock"), "a") as f:
+        path = os.path.join(self.tasks, ".lock")
+        try:
+            f = open(path, "a")
+        except OSError as e:
+            raise unusable(path, e, "open") from None
+        with f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
                 yield
@@ -221,33 +436,52 @@ class StateDir:
         """True when the job that owns an active record is no longer running."""
         if rec.lifecycle.terminal:
             return False
-        if rec.lifecycle is TaskLifecycle.PENDING:  # waits for its job (or for `export --task-id`)
-            return slurm_job_gone(rec.slurm_job_id) if rec.slurm_job_id else False
-        if rec.host == socket.gethostname() and rec.pid:
-            try:
-                os.kill(rec.pid, 0)
-            except ProcessLookupError:
-                return True
-            except PermissionError:
-                pass
+        held = OwnerLock.test(self.owner_path(rec.task_id))
+        if held:
             return False
+        if rec.lifecycle is TaskLifecycle.PENDING:  # waits for its job (or for `export --task-id`)
+            if rec.slurm_job_id:  # which may be requeued to run it again
+                return slurm_job_gone(rec.slurm_job_id)
+            return held is False  # the process that took it over died
+        if held is False:
+            return True
+        if rec.host == socket.gethostname() and rec.pid:
+            return not process_alive(rec.pid, rec.start_ticks)
         return ((now or time.time()) - rec.last_updated) > STALE_SECONDS
 
     def reap(self, rec: TaskRecord) -> TaskRecord:
-        """Mark an active record whose job is gone as FAILED (CANCELED if a cancel was asked)."""
-        if self.is_gone(rec):
-            if rec.lifecycle is TaskLifecycle.CANCELING:
-                rec.move(TaskLifecycle.CANCELED)
-                rec.end_time = time.time()
-            else:
-                if rec.lifecycle is TaskLifecycle.PENDING:
-                    rec.move(TaskLifecycle.EXECUTING)
-                rec.fail("the job running this task ended without finishing it")
+        """Mark an active record whose job is gone as FAILED (CANCELED if a cancel was asked)
+        and remove its lock file. A record that cannot be rewritten is reaped in memory only."""
+        if not self.is_gone(rec):
+            return rec
+        try:  # its owner may have ended it between the caller's read and the test
+            current = self.read(rec.task_id)
+        except (TaskError, StateError):
+            current = rec
+        if current.lifecycle.terminal:
+            return current
+        rec = current
+        if rec.lifecycle is TaskLifecycle.CANCELING:
+            rec.move(TaskLifecycle.CANCELED)
+            rec.end_time = time.time()
+        else:
+            if rec.lifecycle is TaskLifecycle.PENDING:
+                rec.move(TaskLifecycle.EXECUTING)
+            rec.fail("the job running this task ended without finishing it")
+        try:
             self.write(rec)
+        except StateError as e:
+            log.warning("task %s's job is gone, but its record stays as it was: %s", rec.task_id, e)
+            return rec
+        try:
+            os.unlink(self.owner_path(rec.task_id))
+        except OSError:
+            pass
         return rec
 
-    def create(self, rec: TaskRecord) -> None:
-        """Record a new PENDING task, refusing when another one is active on the file system."""
+    def create(self, rec: TaskRecord, own: bool = False) -> None:
+        """Record a new PENDING task, refusing when another one is active on the file system.
+        `own`: this process runs the task and holds its lock until its last record."""
         with self._lock():
             for other in self.all():
                 if other.file_system_id != rec.file_system_id or other.lifecycle.terminal:
@@ -261,7 +495,13 @@ class StateDir:
                     f"({other.task_id}, {other.lifecycle.value}) is currently executing on file system "
                     f"{rec.file_system_id}; wait for it or cancel it with: pfsxport task cancel {other.task_id}",
                     ExitCode.TASK_EXECUTING)
-            self.write(rec)
+            if own:
+                self._own(rec.task_id)
+            try:
+                self.write(rec)
+            except StateError:
+                self.release(rec.task_id)
+                raise
 
     def request_cancel(self, task_id: str) -> TaskRecord:
         """Ask a PENDING or EXECUTING task to stop (T-7). A running job sees the request
@@ -292,10 +532,16 @@ class StateDir:
             if rec.lifecycle is not TaskLifecycle.PENDING:
                 raise TaskError("DataRepositoryTaskEnded", f"task {task_id} is {rec.lifecycle.value}, not PENDING",
                                 ExitCode.CANCELED if rec.lifecycle is TaskLifecycle.CANCELED else None)
-            rec.host, rec.pid, rec.ranks = socket.gethostname(), os.getpid(), ranks
+            rec.host, rec.pid, rec.start_ticks, rec.ranks = socket.gethostname(), os.getpid(), \
+                process_start(os.getpid()), ranks
             rec.slurm_job_id = os.environ.get("SLURM_JOB_ID") or rec.slurm_job_id
             rec.last_updated = time.time()
-            self.write(rec)
+            self._own(task_id)
+            try:
+                self.write(rec)
+            except StateError:
+                self.release(task_id)
+                raise
             return rec
 
     def fs_lock(self, file_system_id: str) -> FileLock:
@@ -315,14 +561,20 @@ class StateDir:
     def associations(self, file_system_id: str) -> list:
         from .dra import Association
 
+        path = self.associations_path(file_system_id)
         try:
-            with open(self.associations_path(file_system_id), encoding="utf-8") as f:
+            with open(path, encoding="utf-8") as f:
                 return [Association.from_fsx(d) for d in json.load(f)]
         except FileNotFoundError:
             return []
+        except OSError as e:
+            raise unusable(path, e, "read") from None
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise corrupt(path, e, "association list", "it was cut off or overwritten: move it aside and create "
+                          "the associations again (`pfsxport dra create`)") from None
 
     def save_associations(self, file_system_id: str, assocs: list) -> None:
-        os.makedirs(os.path.dirname(self.associations_path(file_system_id)), exist_ok=True)
+        _makedirs(os.path.dirname(self.associations_path(file_system_id)))
         _write_atomic(self.associations_path(file_system_id),
                       json.dumps([a.to_fsx() for a in assocs], indent=1).encode())
 

@@ -5,6 +5,10 @@ push outcomes back, one request out at a time, working on while it is answered. 
 Three budgets: light tasks (directories, symlinks, small files: many in flight, they wait
 on the network), heavy tasks (multipart starts and parts: each holds a part in memory, so
 few in flight) and directory scans (CPU and metadata bound: a few).
+
+When the delta log cannot be written (errors.StateError), units whose intents did not get
+to disk are not run, and the fault goes to the scheduler with the next outcomes: it halts
+the task.
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from collections import deque
 import threading
 from typing import Callable, Protocol
 
-from .errors import ErrorCode
+from .errors import ErrorCode, StateError
 from .model import BatchUnit, DirUnit, FinishUnit, LargeFileUnit, PartUnit, ReportRow, RowStatus, UnitOutcome
 from .schedule import STOP, WAIT
 
@@ -80,6 +84,14 @@ class Worker:
         self.parts_in_flight = parts_in_flight
         # runs before outcomes leave the rank: the manifest delta is durable before anyone counts on it
         self.before_exchange = before_exchange
+        self.fault: StateError | None = None
+
+    def _failed(self, err: StateError, outbox: list[UnitOutcome]) -> None:
+        """The first fault of the state directory goes to the scheduler; later ones are the same."""
+        if self.fault is None:
+            self.fault = err
+            log.error("%s; the task stops", err)
+            outbox.append(UnitOutcome(0, fault=err))
 
     def _tasks(self, unit) -> list:
         if isinstance(unit, BatchUnit):
@@ -123,7 +135,10 @@ class Worker:
                 flush = urgent or len(outbox) >= 64 or (outbox and (idle or now - last >= 0.05))
                 hungry = (want_light > 0 or want_heavy > 0) and now - last >= backoff
                 if not asked and (flush or hungry):
-                    self.before_exchange()
+                    try:
+                        self.before_exchange()
+                    except StateError as err:  # the outcomes go anyway: their objects are in S3
+                        self._failed(err, outbox)
                     self.channel.post(outbox, max(0, want_light), want_heavy)
                     outbox, urgent, last, asked, wait_reply = [], False, now, True, 0.0
                 got = self.channel.poll() if asked else None
@@ -147,7 +162,13 @@ class Worker:
                         backoff = min(0.02, max(0.001, backoff * 2))
                     else:
                         backoff = 0.0
-                        self.transfer.intend(reply)
+                        try:
+                            self.transfer.intend(reply)
+                        except StateError as err:  # not durable: what would write to S3 is not run
+                            self._failed(err, outbox)
+                            outbox += [UnitOutcome(u.uid) for u in reply if not isinstance(u, (PartUnit, FinishUnit))]
+                            reply = [u for u in reply if isinstance(u, (PartUnit, FinishUnit))]
+                            urgent = True
                         for unit in reply:
                             tasks = self._tasks(unit)
                             partial[unit.uid] = [len(tasks), UnitOutcome(unit.uid)]

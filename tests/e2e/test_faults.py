@@ -10,13 +10,18 @@ generator), so every assertion here holds whichever requests are hit."""
 from __future__ import annotations
 
 import csv
+import errno
+import json
 import os
 import random
 import re
+import subprocess
+import time
+from contextlib import contextmanager
 
 import pytest
 
-from conftest import describe, list_keys, run_export, task_id_of
+from conftest import describe, export_cmd, list_keys, pfsxport, run_export, task_id_of
 from faultproxy import (FaultProxy, idempotent, is_complete_multipart, is_create_multipart, is_list_uploads,
                         is_put, is_upload_part, key_contains)
 from test_incremental import Poller
@@ -236,3 +241,170 @@ def test_a_lost_create_is_cleaned_up_even_when_its_listing_is_faulted(seaweed, t
     assert_bucket_matches_tree(direct, bucket, "x/", root, dir_metadata=False, content_types=False)
     assert report_rows(state, task_id_of(r))["big/b0"]["retries"] == "2"
     assert open_uploads(direct, bucket) == []
+
+
+# ---- faults of the state directory: unusable, full, corrupt --------------------------------------
+
+@contextmanager
+def tmpfs(path, size: str, *options: str):
+    """A small file system of its own at `path` (root only), unmounted at the end."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    os.makedirs(path, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join([f"size={size}", *options]), "tmpfs", str(path)],
+                   check=True, capture_output=True)
+    try:
+        yield str(path)
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True, capture_output=True)
+
+
+def fill(directory) -> str:
+    """Write a file in `directory` until its file system has no space left."""
+    path = os.path.join(directory, "filler")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        while True:
+            os.write(fd, b"\0" * 65536)
+    except OSError as e:
+        assert e.errno == errno.ENOSPC, e
+    try:
+        while True:  # the last partial chunk
+            os.write(fd, b"\0" * 512)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    return path
+
+
+def leftovers(state) -> list[str]:
+    """Temporary files left anywhere in the state directory."""
+    return [os.path.join(d, n) for d, _, names in os.walk(state) for n in names
+            if n.endswith(".tmp") or n == ".rows.pickle"]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind, reason", [("read-only", "Read-only file system"), ("a file", "Not a directory"),
+                                          ("full", "No space left on device")])
+def test_unusable_state_directory_is_refused_with_its_reason(seaweed, tmp_path, kind, reason):
+    root = make_tree(tmp_path / "fs", small=3, dirs=1, big=0)
+    bucket = seaweed.new_bucket()
+    where = tmp_path / "st"
+    args = ["--fs-root", root, "--repository", f"s3://{bucket}/x/", "--state-dir", str(where)]
+    if kind == "a file":
+        where.write_text("not a directory")
+        mount = contextmanager(lambda: (yield))()
+    else:
+        mount = tmpfs(where, "256k", *(["ro"] if kind == "read-only" else []))
+    with mount:
+        if kind == "full":
+            fill(where)
+        r = run_export(seaweed, args, ranks=2, timeout=120)
+        create = pfsxport("task", "create", *args, env=seaweed.env())
+        left = leftovers(where) if kind != "a file" else []
+    for out in (r, create):
+        assert out.returncode == 7, out.stderr  # the state directory cannot be used
+        assert reason in out.stderr and str(where) in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr, out.stderr
+    assert left == []
+    assert list_keys(seaweed.client(), bucket) == {}
+
+
+@pytest.mark.timeout(240)
+def test_state_directory_filling_up_mid_task_fails_the_task_with_the_reason(seaweed, tmp_path):
+    """Another process fills the state directory's file system while a task runs: the task
+    stops as a cancel would (queued entries are not started, no upload is left open) and
+    ends FAILED with the reason; no temporary file stays; the same command, re-run once
+    there is space again, finishes the export."""
+    root = make_tree(tmp_path / "fs", small=400, dirs=4, big=2, parts=3)
+    bucket = seaweed.new_bucket()
+    direct = seaweed.client()
+    with tmpfs(tmp_path / "st", "16m") as state:
+        args = ["--fs-root", root, "--repository", f"s3://{bucket}/x/", "--report-path", f"s3://{bucket}/reports",
+                "--state-dir", state, "--part-size", "5MiB", "--multipart-threshold", "5MiB", "--progress", "off",
+                "--concurrency", "4"]
+        job = subprocess.Popen(export_cmd(2, args), env={**os.environ, **seaweed.env(),
+                                                         "PFSXPORT_TEST_ENTRY_DELAY": "0.1"},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 120
+            while len([k for k in list_keys(direct, bucket, "x/") if not k.endswith("/")]) < 20:
+                assert time.monotonic() < deadline and job.poll() is None, "the task did not get going"
+                time.sleep(0.05)
+            filler = fill(state)
+            out, err = job.communicate(timeout=180)
+        finally:
+            if job.poll() is None:
+                job.kill()
+                job.communicate()
+        assert job.returncode == 7, err
+        assert "Traceback" not in err, err
+        task = out.split()[0]
+        t = describe(task, state)
+        assert t["Lifecycle"] == "FAILED", t
+        assert "No space left on device" in t["FailureDetails"]["Message"], t
+        assert "No space left on device" in err and state in err
+        assert leftovers(state) == []
+        assert open_uploads(direct, bucket) == []
+        sent = [k for k in list_keys(direct, bucket, "x/") if not k.endswith("/")]
+        assert 20 <= len(sent) < 402  # it stopped before the end
+
+        os.unlink(filler)  # space again: the same command finishes the export
+        r = run_export(seaweed, args, ranks=2, timeout=180)
+        assert r.returncode == 0, r.stderr
+        assert describe(task_id_of(r), state)["Lifecycle"] == "SUCCEEDED"
+        assert describe(task, state)["Lifecycle"] == "FAILED"
+        assert_bucket_matches_tree(direct, bucket, "x/", root, dir_metadata=False, content_types=False)
+        assert open_uploads(direct, bucket) == []
+
+
+def test_a_cut_off_task_record_is_named_not_hidden(seaweed, tmp_path):
+    root = make_tree(tmp_path / "fs", small=3, dirs=1, big=0)
+    bucket = seaweed.new_bucket()
+    state = str(tmp_path / "st")
+    args = ["--fs-root", root, "--repository", f"s3://{bucket}/x/", "--state-dir", state]
+    good = task_id_of(run_export(seaweed, args))
+    cut = task_id_of(run_export(seaweed, args))
+    path = os.path.join(state, "tasks", f"{cut}.json")
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[:len(data) // 2])
+
+    listing = pfsxport("task", "describe", "--state-dir", state)
+    assert listing.returncode == 0, listing.stderr
+    assert [t["TaskId"] for t in json.loads(listing.stdout)["DataRepositoryTasks"]] == [good]
+    assert "WARNING" in listing.stderr and path in listing.stderr, listing.stderr
+
+    one = pfsxport("task", "describe", cut, "--state-dir", state)
+    assert one.returncode == 7 and "Traceback" not in one.stderr, one.stderr
+    assert path in one.stderr and "StateFileCorrupt" in one.stderr, one.stderr
+
+    again = run_export(seaweed, args)  # the next task is not blocked by it, and says why
+    assert again.returncode == 0, again.stderr
+    assert path in again.stderr
+
+
+def test_a_manifest_overwritten_with_garbage_fails_the_task_and_says_what_to_do(seaweed, tmp_path):
+    root = make_tree(tmp_path / "fs", small=3, dirs=1, big=0)
+    bucket = seaweed.new_bucket()
+    state = str(tmp_path / "st")
+    args = ["--fs-root", root, "--repository", f"s3://{bucket}/x/", "--state-dir", state]
+    assert run_export(seaweed, args).returncode == 0
+    [manifest] = [os.path.join(d, n) for d, _, names in os.walk(os.path.join(state, "manifests"))
+                  for n in names if n == "manifest.sqlite"]
+    with open(manifest, "wb") as f:
+        f.write(random.Random(1).randbytes(20000))
+
+    r = run_export(seaweed, args, ranks=2)
+    assert r.returncode == 7, r.stderr
+    assert "Traceback" not in r.stderr and "StateFileCorrupt" in r.stderr and manifest in r.stderr, r.stderr
+    assert "--full" in r.stderr
+    t = describe(task_id_of(r), state)
+    assert t["Lifecycle"] == "FAILED" and "--full" in t["FailureDetails"]["Message"], t
+
+    os.rename(manifest, manifest + ".bad")  # what the message says to do
+    r = run_export(seaweed, [*args, "--full"], ranks=2)
+    assert r.returncode == 0, r.stderr
+    assert_bucket_matches_tree(seaweed.client(), bucket, "x/", root, dir_metadata=False, content_types=False)

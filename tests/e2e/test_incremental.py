@@ -4,14 +4,18 @@ the same command, without re-sending completed files and without a torn object."
 from __future__ import annotations
 
 import csv
+import ctypes
+import json
 import os
 import re
+import signal
+import subprocess
 import threading
 import time
 
 import pytest
 
-from conftest import describe, list_keys, run_export, task_id_of
+from conftest import describe, export_cmd, list_keys, run_export, task_id_of
 from treeutil import assert_bucket_matches_tree, settle_atimes
 
 MiB = 1 << 20
@@ -279,3 +283,89 @@ def test_a_task_that_finds_its_bucket_gone_makes_the_next_one_reconcile(moto, tm
     assert r.returncode == 0, r.stderr
     assert exported_paths(state, t) == exported_paths(state, t1)
     assert_bucket_matches_tree(c, bucket, "x/", str(root), dir_metadata=True, content_types=True)
+
+
+def _descendants(pid: int) -> list[int]:
+    """pid and every process below it (the ranks of mpiexec's job sit in sessions of their own)."""
+    children: dict[int, list[int]] = {}
+    for p in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                ppid = int(f.read().rpartition(")")[2].split()[1])
+        except OSError:
+            continue
+        children.setdefault(ppid, []).append(int(p))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children.get(p, [])
+    return out
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0]
+    except OSError:
+        return ""
+
+
+@pytest.mark.timeout(240)
+def test_rerun_right_after_the_whole_job_is_killed_is_accepted(seaweed, tmp_path):
+    """`kill -9` of every process of an `mpiexec -n 2` job in the middle of its task, then at
+    once the same command again. This test process is the subreaper of the job, as a batch
+    system's step daemon is, and reaps the killed processes only at the end: the dead rank 0
+    stays a zombie while the re-run starts, as it does until init gets to it."""
+    root, state = tmp_path / "fs", str(tmp_path / "st")
+    make_tree(root)
+    bucket = seaweed.new_bucket()
+    args = ["--fs-root", str(root), "--repository", f"s3://{bucket}/x/", "--report-path", f"s3://{bucket}/reports",
+            "--state-dir", state, "--concurrency", "1", "--progress", "off"]
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+    job = subprocess.Popen(export_cmd(2, args), env={**os.environ, **seaweed.env(), "PFSXPORT_TEST_ENTRY_DELAY": "1"},
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed: list[int] = []
+    c = seaweed.client()
+    try:
+        deadline = time.monotonic() + 120
+        task = owner = None
+        while owner is None or not [k for k in list_keys(c, bucket, "x/") if ".pfsxport-probe-" not in k]:
+            assert time.monotonic() < deadline and job.poll() is None, "the job did not start its task"
+            for name in os.listdir(os.path.join(state, "tasks")) if os.path.isdir(os.path.join(state, "tasks")) else []:
+                if name.endswith(".json"):
+                    with open(os.path.join(state, "tasks", name)) as f:
+                        d = json.load(f)
+                    if d["Lifecycle"] == "EXECUTING":
+                        task, owner = d["TaskId"], d["Owner"]["Pid"]
+            time.sleep(0.05)
+        killed = _descendants(job.pid)
+        assert owner in killed
+        for pid in killed:
+            os.kill(pid, signal.SIGKILL)
+        job.wait()
+        deadline = time.monotonic() + 30
+        while _proc_state(owner) != "Z":  # dead, and not reaped: this process is its reaper now
+            assert time.monotonic() < deadline, (owner, _proc_state(owner))
+            time.sleep(0.01)
+
+        r, t2 = export(seaweed, root, bucket, state, ranks=2)
+        assert r.returncode == 0, r.stderr
+        assert _proc_state(owner) == "Z"  # the re-run did not wait for the zombie to go
+    finally:
+        for pid in killed:
+            if pid != job.pid:
+                try:
+                    os.waitpid(pid, 0)
+                except ChildProcessError:
+                    pass
+        libc.prctl(36, 0, 0, 0, 0)
+        if job.poll() is None:
+            job.kill()
+        job.communicate()
+    assert describe(task, state)["Lifecycle"] == "FAILED"
+    assert describe(t2, state)["Lifecycle"] == "SUCCEEDED"
+    assert_bucket_matches_tree(seaweed.client(), bucket, "x/", str(root), dir_metadata=False, content_types=False)
+    left = {n for n in os.listdir(os.path.join(state, "tasks")) if not n.startswith(".")}
+    assert left - {task, t2} == {f"{task}.json", f"{t2}.json"}  # no lock file left behind

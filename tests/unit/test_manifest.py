@@ -179,3 +179,54 @@ def test_a_lost_bucket_mark_stays_until_a_reconcile_that_began_after_it(manifest
         yield []
     manifest.reconcile(listing(), "")
     assert "during the listing" in manifest.lost()
+
+
+# ---- a state directory that cannot be written, or is corrupt -----------------------------------
+
+def test_a_log_on_a_full_file_system_raises_at_flush_and_keeps_raising(manifest):
+    """/dev/full answers every write with ENOSPC, as a full file system does."""
+    from pfsxport.errors import ExitCode, StateError
+
+    path = os.path.join(manifest.deltas, "t", "rank-0.log")
+    os.makedirs(os.path.dirname(path))
+    os.symlink("/dev/full", path)
+    log = manifest.delta_log("t", 0)
+    log.add("I", "a", REC[3])
+    with pytest.raises(StateError) as ei:
+        log.flush()
+    assert ei.value.exit_code == ExitCode.STATE_UNUSABLE == 7
+    assert "No space left on device" in str(ei.value) and path in str(ei.value)
+    with pytest.raises(StateError):  # an intent added now is not durable either
+        log.flush()
+    assert "No space left on device" in str(log.close())  # never raises: the task is ending
+
+
+def test_a_manifest_that_is_not_a_database_is_named_and_the_logs_stay(manifest):
+    from pfsxport.errors import StateError
+
+    log = manifest.delta_log("t", 0)
+    log.put("a", REC)
+    log.close()
+    os.makedirs(manifest.directory, exist_ok=True)
+    with open(manifest.db_path, "wb") as f:
+        f.write(b"not a database, not at all" * 200)
+    with pytest.raises(StateError) as ei:
+        manifest.merge()
+    assert ei.value.name == "StateFileCorrupt"
+    assert manifest.db_path in str(ei.value) and "--full" in str(ei.value)
+    assert os.listdir(manifest.deltas) == ["t"]  # nothing lost: merged once the manifest is set aside
+    os.rename(manifest.db_path, manifest.db_path + ".bad")
+    manifest.merge()
+    assert manifest.reader().directory("") == {b"a": REC}
+
+
+def test_overwritten_lines_of_a_log_are_warned_about(manifest, caplog):
+    log = manifest.delta_log("t", 0)
+    log.put("a", REC)
+    log.close()
+    path = os.path.join(manifest.deltas, "t", "rank-0.log")
+    with open(path, "ab") as f:
+        f.write(b"\xff\xfe garbage\n" + b'["P","b",10,1,2,33188,0,0,7]\n')
+    manifest.merge()
+    assert set(manifest.reader().directory("")) == {b"a", b"b"}
+    assert any(path in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)

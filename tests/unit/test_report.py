@@ -185,3 +185,21 @@ def test_write_h5_many_chunks(tmp_path):
         assert list(f["entries"]["size"][:]) == list(range(10_000))
         assert f["entries"]["path"].asstr()[9999] == "f9999"
         assert int(f.attrs["entries"]) == 10_000
+
+
+def test_report_writer_on_a_full_file_system_raises_and_leaves_no_spill(tmp_path):
+    from pfsxport.errors import StateError
+
+    d = tmp_path / "r"
+    d.mkdir()
+    os.symlink("/dev/full", d / REPORT_CSV)  # every write answers ENOSPC
+    w = ReportWriter(str(d))
+    with pytest.raises(StateError) as ei:
+        for _ in range(2000):  # until the buffer goes to the file
+            w.add(ROWS)
+    assert "No space left on device" in str(ei.value)
+    with pytest.raises(StateError):
+        w.add(ROWS)
+    with pytest.raises(StateError):
+        w.finish({"TaskId": "task-00000000000000000"})
+    assert sorted(os.listdir(d)) == [FAILURES, REPORT_CSV]  # no spill, no report.h5.tmp

@@ -497,3 +497,30 @@ def test_gone_entries_are_deleted_except_where_no_object_can_be():
     assert sorted(type(u).__name__ for u in units) == ["DeleteTreeUnit", "DeleteUnit"]
     assert [u.gone for u in units if type(u).__name__ == "DeleteUnit"] == [[("dir/f", 0o100644)]]
     assert records == [("D", f"dir/{long_name}")]
+
+
+# ---- a fault of the state directory halts the task --------------------------------------------
+
+def test_a_rank_reporting_a_state_fault_halts_the_task_as_a_cancel_would():
+    from pfsxport.errors import StateError
+
+    s, sink = make([DirUnit("d1"), DirUnit("d2"), BatchUnit([fentry("x", 1)])])
+    [d] = s.exchange(0, [], 1, 0)
+    fault = StateError("StateDirectoryUnusable", "No space left on device: cannot write rank-1.log")
+    back = pickle.loads(pickle.dumps(UnitOutcome(0, fault=fault)))  # it travels from another rank
+    assert s.exchange(1, [back], 4, 4) is WAIT  # d is still out
+    assert s.canceled and str(s.fault) == str(fault) and not s.dirs and not s.batches
+    assert s.exchange(0, [UnitOutcome(d.uid, units=[BatchUnit([fentry("y", 1)])])], 4, 4) is STOP
+
+
+def test_a_report_sink_that_cannot_write_halts_the_task_and_keeps_counting():
+    from pfsxport.errors import StateError
+
+    def full(rows):
+        raise StateError("StateDirectoryUnusable", "No space left on device: cannot write report.csv")
+
+    s = Scheduler([BatchUnit([fentry("x", 1)]), DirUnit("d")], full, 1)
+    [b] = s.exchange(0, [], 1, 0)
+    assert s.exchange(0, [UnitOutcome(b.uid, rows=rows(RowStatus.SUCCEEDED))], 4, 4) is STOP
+    assert s.canceled and "report.csv" in str(s.fault)
+    assert s.progress().counts.succeeded == 1

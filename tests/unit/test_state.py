@@ -294,3 +294,176 @@ def test_matches_unknown_filter():
     with pytest.raises(TaskError) as ei:
         matches(rec(), [("bogus", ["x"])])
     assert ei.value.name == "BadRequest"
+
+
+# ---- liveness: what the kernel drops when the owner dies ------------------------------------------
+
+def _proc_stat(pid: int) -> list[str]:
+    """Fields 3.. of /proc/PID/stat (after the command name): [0] is the state, [19] the start time."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rpartition(")")[2].split()
+
+
+def _wait_zombie(pid: int) -> None:
+    deadline = time.monotonic() + 30
+    while _proc_stat(pid)[0] != "Z":
+        assert time.monotonic() < deadline, f"{pid} did not exit"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def zombie():
+    """A process that has exited and that nobody has reaped yet, as a killed job's rank is
+    until init gets to it: os.kill(pid, 0) still succeeds."""
+    p = subprocess.Popen(["true"])
+    _wait_zombie(p.pid)
+    yield p.pid
+    p.wait()
+
+
+@pytest.fixture
+def sleeper():
+    """A live process that has nothing to do with any task."""
+    p = subprocess.Popen(["sleep", "60"])
+    yield p.pid
+    p.kill()
+    p.wait()
+
+
+def test_zombie_owner_of_an_old_record_is_gone(state, zombie):
+    """A record written without a lock file (an older version): the pid is checked, and a
+    zombie is dead."""
+    r = rec(lifecycle=L.EXECUTING, pid=zombie, host=socket.gethostname())
+    assert state.is_gone(r)
+
+
+_ADOPT_AND_EXIT = """
+import sys
+from pfsxport.lifecycle import TaskLifecycle
+from pfsxport.state import StateDir
+s = StateDir(sys.argv[1])
+r = s.adopt(sys.argv[2], 1)
+r.move(TaskLifecycle.EXECUTING)
+s.write(r)
+"""
+
+
+def test_owner_that_died_unreaped_is_gone_and_a_rerun_is_accepted(state):
+    """The job's process took the task over, started it and died; it is a zombie nobody has
+    reaped yet. Its task does not block a re-run, and nothing of its liveness is left behind."""
+    pending = rec()
+    state.create(pending)
+    child = subprocess.Popen([sys.executable, "-c", _ADOPT_AND_EXIT, state.root, pending.task_id])
+    try:
+        _wait_zombie(child.pid)
+        r = state.read(pending.task_id)
+        assert (r.lifecycle, r.pid) == (L.EXECUTING, child.pid)
+        assert state.is_gone(r)
+        rerun = rec()
+        state.create(rerun)
+        assert state.read(pending.task_id).lifecycle is L.FAILED
+        assert [n for n in os.listdir(state.tasks) if n.startswith(pending.task_id)] == [f"{pending.task_id}.json"]
+    finally:
+        child.wait()
+
+
+def _start_ticks(pid: int) -> int:
+    return int(_proc_stat(pid)[19])
+
+
+def test_live_unrelated_process_with_the_recorded_pid_is_not_the_owner(state, sleeper):
+    """The owner died and its pid went to another process: the start time recorded with the
+    pid tells them apart."""
+    r = rec(lifecycle=L.EXECUTING, host=socket.gethostname())
+    d = r.to_json()
+    d["Owner"].update({"Pid": sleeper, "StartTicks": _start_ticks(os.getpid())})
+    state.ensure()
+    with open(state.record_path(r.task_id), "w") as f:
+        json.dump(d, f)
+    assert _start_ticks(sleeper) != _start_ticks(os.getpid())
+    assert state.is_gone(state.read(r.task_id))
+    state.create(rec())
+    assert state.read(r.task_id).lifecycle is L.FAILED
+
+
+def test_a_free_lock_file_means_gone_whoever_has_the_pid(state, sleeper):
+    """The lock file of a job that was killed stays; nobody holds it, so the task is gone even
+    when its pid now belongs to a live process, on this host or another."""
+    for host in (socket.gethostname(), "some-other-node.invalid"):
+        r = rec(lifecycle=L.PENDING, host=host)
+        state.create(r, own=True)
+        state.release(r.task_id, remove=False)  # as a kill leaves it: the file, no holder
+        assert os.path.exists(state.owner_path(r.task_id))
+        r = state.read(r.task_id)
+        r.pid, r.lifecycle, r.last_updated = sleeper, L.EXECUTING, time.time()
+        state.write(r)
+        assert state.is_gone(r)
+        assert state.reap(r).lifecycle is L.FAILED
+        assert not os.path.exists(state.owner_path(r.task_id))
+
+
+def test_owner_holding_its_lock_is_alive_even_if_stale_on_another_host(state):
+    r = rec(lifecycle=L.PENDING)
+    state.create(r, own=True)
+    r.move(L.EXECUTING)
+    r.host, r.last_updated = "some-other-node.invalid", 0.0
+    state.write(r)
+    assert not state.is_gone(state.read(r.task_id))
+    with pytest.raises(TaskError) as ei:
+        state.create(rec())
+    assert ei.value.exit_code == ExitCode.TASK_EXECUTING
+
+
+def test_lock_file_goes_with_the_owners_last_write(state):
+    r = rec(lifecycle=L.PENDING)
+    state.create(r, own=True)
+    assert os.path.exists(state.owner_path(r.task_id))
+    r.move(L.EXECUTING)
+    state.write(r)
+    assert os.path.exists(state.owner_path(r.task_id))
+    r.move(L.SUCCEEDED)
+    state.write(r)
+    assert not os.path.exists(state.owner_path(r.task_id))
+    assert not state.is_gone(state.read(r.task_id))
+
+
+def test_pending_task_whose_adopting_job_died_is_gone(state):
+    """`export --task-id` took a PENDING task and died before starting it."""
+    pending = rec()
+    state.create(pending)
+    child = subprocess.Popen([sys.executable, "-c", "import sys\nfrom pfsxport.state import StateDir\n"
+                              "StateDir(sys.argv[1]).adopt(sys.argv[2], 1)", state.root, pending.task_id])
+    child.wait()
+    assert state.is_gone(state.read(pending.task_id))
+    state.create(rec())
+    assert state.read(pending.task_id).lifecycle is L.FAILED
+
+
+# ---- a state directory that cannot be used, or is corrupt ------------------------------------------
+
+def test_a_state_directory_that_is_a_file_is_refused_with_its_path(tmp_path):
+    from pfsxport.errors import StateError
+
+    (tmp_path / "st").write_text("a file")
+    s = StateDir(str(tmp_path / "st"))
+    for call in (lambda: s.create(rec(), own=True), lambda: list(s.all()), lambda: s.read("task-00000000000000000")):
+        with pytest.raises(StateError) as ei:
+            call()
+        assert ei.value.exit_code == ExitCode.STATE_UNUSABLE
+        assert "Not a directory" in str(ei.value) and str(tmp_path / "st") in str(ei.value)
+
+
+def test_a_cut_off_record_is_named_and_warned_about(state, caplog):
+    from pfsxport.errors import StateError
+
+    good, cut = rec(), rec(fsid="fs-fedcba9876543210f")
+    state.create(good)
+    state.create(cut)
+    path = state.record_path(cut.task_id)
+    with open(path, "r+") as f:
+        f.truncate(40)
+    with pytest.raises(StateError) as ei:
+        state.read(cut.task_id)
+    assert ei.value.name == "StateFileCorrupt" and path in str(ei.value)
+    assert [r.task_id for r in state.all()] == [good.task_id]
+    assert [r.levelname for r in caplog.records if path in r.getMessage()] == ["WARNING"]
