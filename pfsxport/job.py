@@ -203,6 +203,11 @@ def _start(cfg: ExportConfig, state: StateDir, rec: TaskRecord, nranks: int, fs_
         fs_lock.acquire(wait=True)
     log.info("task %s on %s: %s -> %s with %d rank(s)", rec.task_id, cfg.file_system_id, cfg.fs_root,
              cfg.repository or "its data repository associations", nranks)
+    other = state.claim_tree(cfg.fs_root)
+    if other:
+        log.warning("another state directory, %s, has also run tasks on %s: tasks recorded there are not seen "
+                    "here, so the one-task-per-file-system rule does not hold between the two; use one state "
+                    "directory per file system", other, cfg.fs_root)
     try:
         rels = task_paths(cfg.fs_root, cfg.paths)
         for rel in rels:

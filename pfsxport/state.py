@@ -40,6 +40,7 @@ MAX_MESSAGE = 256
 # A running task refreshes its record every few seconds; one from another host with no lock
 # file to test, not refreshed for this long, belongs to a job that is gone.
 STALE_SECONDS = 120.0
+TREE_XATTR = b"user.pfsxport.state_dir"  # on a tree's root: the state directory its tasks are recorded in
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -488,13 +489,7 @@ class StateDir:
                     continue
                 if self.reap(other).lifecycle.terminal:
                     continue
-                same = sorted(other.paths) == sorted(rec.paths)
-                raise TaskError(
-                    "DataRepositoryTaskExecuting",
-                    f"{'a duplicate of this task' if same else 'another data repository task'} "
-                    f"({other.task_id}, {other.lifecycle.value}) is currently executing on file system "
-                    f"{rec.file_system_id}; wait for it or cancel it with: pfsxport task cancel {other.task_id}",
-                    ExitCode.TASK_EXECUTING)
+                raise TaskError("DataRepositoryTaskExecuting", _blocked_by(other, rec), ExitCode.TASK_EXECUTING)
             if own:
                 self._own(rec.task_id)
             try:
@@ -543,6 +538,23 @@ class StateDir:
                 self.release(task_id)
                 raise
             return rec
+
+    def claim_tree(self, fs_root: str) -> str | None:
+        """Record this state directory on the tree it runs tasks on (an extended attribute of
+        the tree's root) and return the one recorded there before if it is another that still
+        exists: two state directories do not see each other's tasks. Quietly nothing where
+        the file system has no user xattrs or the root cannot be changed."""
+        mine = os.fsencode(os.path.realpath(self.root))
+        try:
+            before = os.getxattr(fs_root, TREE_XATTR)
+        except OSError:
+            before = None
+        if before != mine:
+            try:
+                os.setxattr(fs_root, TREE_XATTR, mine)
+            except OSError:
+                pass
+        return os.fsdecode(before) if before and before != mine and os.path.isdir(before) else None
 
     def fs_lock(self, file_system_id: str) -> FileLock:
         """Held by an export task from start to end and by each auto-export batch: the two
@@ -600,6 +612,20 @@ class StateDir:
 
     def cancel_requested(self, task_id: str) -> bool:
         return os.path.exists(self.cancel_path(task_id))
+
+
+def _blocked_by(other: TaskRecord, rec: TaskRecord) -> str:
+    """Why `rec` cannot start: which task holds the file system, in what state, and what to do."""
+    what = "a duplicate of this task" if sorted(other.paths) == sorted(rec.paths) else "another data repository task"
+    if other.lifecycle is TaskLifecycle.PENDING:
+        how = (f"is PENDING (waiting for Slurm job {other.slurm_job_id})" if other.slurm_job_id else
+               f"is PENDING (to run with: pfsxport export --task-id {other.task_id})")
+    elif other.lifecycle is TaskLifecycle.CANCELING:
+        how = "is being canceled"
+    else:
+        how = "is currently executing"
+    return (f"{what} ({other.task_id}) {how} on file system {rec.file_system_id}; wait for it or cancel it "
+            f"with: pfsxport task cancel {other.task_id}")
 
 
 def slurm_job_gone(job_id: str) -> bool:

@@ -243,3 +243,15 @@ def test_an_export_leaves_the_atime_of_files_and_directories_alone(seaweed, tmp_
     r = run_export(seaweed, args(root, bucket, tmp_path / "st"))
     assert r.returncode == 0, r.stderr
     assert [os.stat(p).st_atime_ns for p in paths] == [old] * 3
+
+
+def test_a_second_state_directory_on_the_same_tree_is_warned_about(seaweed, tmp_path):
+    root = small_tree(tmp_path / "fs")
+    bucket = seaweed.new_bucket()
+    first = run_export(seaweed, args(root, bucket, tmp_path / "st1"))
+    assert first.returncode == 0 and "another state directory" not in first.stderr, first.stderr
+    again = run_export(seaweed, args(root, bucket, tmp_path / "st1"))
+    assert again.returncode == 0 and "another state directory" not in again.stderr, again.stderr
+    second = run_export(seaweed, args(root, bucket, tmp_path / "st2"))
+    assert second.returncode == 0
+    assert f"another state directory, {tmp_path / 'st1'}, has also run tasks" in second.stderr, second.stderr

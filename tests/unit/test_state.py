@@ -121,6 +121,9 @@ def test_create_then_refuse_second(state):
         assert first.task_id in str(ei.value)
     assert "duplicate" in str(pytest.raises(TaskError, state.create, rec(paths=("a",))).value)
     assert [r.task_id for r in state.all()] == [first.task_id]
+    why = str(pytest.raises(TaskError, state.create, rec(paths=("b",))).value)
+    assert "another data repository task" in why and "is PENDING" in why and "executing" not in why
+    assert f"pfsxport export --task-id {first.task_id}" in why
 
 
 def test_executing_task_blocks_too(state):
@@ -128,7 +131,7 @@ def test_executing_task_blocks_too(state):
     state.create(first)
     with pytest.raises(TaskError) as ei:
         state.create(rec())
-    assert ei.value.name == "DataRepositoryTaskExecuting"
+    assert ei.value.name == "DataRepositoryTaskExecuting" and "is currently executing" in str(ei.value)
 
 
 def test_other_file_system_is_not_blocked(state):
