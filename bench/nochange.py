@@ -500,7 +500,7 @@ def entry_costs(root: str, state: str, repeat: int = 3) -> dict:
     rows directly, no Entry objects) that shows what the Python per-entry floor is."""
     from pfsxport.manifest import Reader
     from pfsxport.model import DirUnit
-    from pfsxport.transfer import Transfer
+    from pfsxport.export import Transfer
     from pfsxport.walk import Root, scan_dir
 
     dbs = glob.glob(os.path.join(state, "manifests", "*", "manifest.sqlite"))

@@ -71,7 +71,8 @@ def main(argv: list[str]) -> int:
     rank = os.environ.get("PMI_RANK", "0")
     out_dir = os.environ.get("BENCH_PHASES_DIR", "")
     t0 = time.perf_counter()
-    from pfsxport import cli, job, manifest, parallel, report, state, store, transfer, worker  # noqa: F401
+    from pfsxport import cli, job, manifest, parallel, report, state, store, worker  # noqa: F401
+    from pfsxport.export import scan as export_scan
     import_s = time.perf_counter() - t0
     missing: list[str] = []
     targets = [
@@ -83,10 +84,10 @@ def main(argv: list[str]) -> int:
         (parallel.World, "bcast", "World.bcast"),
         (parallel.World, "barrier", "World.barrier"),
         (parallel, "run_work", "run_work (the walk)"),
-        (transfer.Transfer, "scan", "Transfer.scan (pool threads)"),
-        (transfer, "scan_dir", "scan_dir (scandir + lstat + Entry)"),
+        (export_scan.Scanner, "scan", "Scanner.scan (pool threads)"),
+        (export_scan, "scan_dir", "scan_dir (scandir + lstat + Entry)"),
         (manifest.Reader, "directory", "Reader.directory (manifest read)"),
-        (transfer.Transfer, "changed", "Transfer.changed (compare)"),
+        (export_scan.Scanner, "changed", "Scanner.changed (compare)"),
         (job, "_finish", "_finish (rank 0: report, record)"),
         (report, "write_h5", "write_h5 (h5py import, report.h5)"),
         (job, "_upload_report", "_upload_report (3 PUTs)"),

@@ -11,7 +11,7 @@ Usage (with the project's virtualenv):
 No file is created and nothing is sent anywhere. What runs is the export's own planning path, fed by a
 synthetic file system:
 
-* `pfsxport.transfer.Transfer.scan` (the real one) lists each directory; only its `scan_dir` (the lstat of
+* `pfsxport.export.Transfer.scan` (the real one) lists each directory; only its `scan_dir` (the lstat of
   every child) is replaced by a generator of stat results, deterministic per directory. The root holds
   N / per_dir directories; each holds per_dir - 1 entries (so N entries in all, directories included): 1%
   symlinks, the rest files of a realistic size mix (80% under 64 KiB, 18% up to 8 MiB, 1.9% up to the 64 MiB
@@ -65,7 +65,7 @@ import tracemalloc
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from pfsxport import transfer as transfer_mod
+from pfsxport.export import scan as transfer_mod
 from pfsxport.config import TransferSettings
 from pfsxport.lustre import LayoutSource
 from pfsxport.model import (
@@ -82,7 +82,7 @@ from pfsxport.model import (
 )
 from pfsxport.plan import S3_MAX_OBJECT, GiB, KiB, MiB, plan_parts
 from pfsxport.schedule import STOP, WAIT, Scheduler
-from pfsxport.transfer import Transfer, TransferOptions
+from pfsxport.export import Transfer, TransferOptions
 from pfsxport.walk import ScanResult
 
 FS_ROOT = "/synthetic/fs"

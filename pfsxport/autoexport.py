@@ -44,7 +44,7 @@ from .parallel import SOLO, run_work
 from .schedule import STOP, Scheduler
 from .state import StateDir, write_json_atomic
 from .store import S3Store
-from .transfer import Transfer, TransferOptions
+from .export import Transfer, TransferOptions
 from .walk import symlink_on_path
 from .worker import Worker
 

@@ -29,7 +29,7 @@ from .schedule import STOP, Scheduler
 from .state import FileLock, StateDir, TaskRecord, new_task_id
 from .store import Capabilities, S3Store
 from .store import preload as store_preload
-from .transfer import TASK_EVENTS, Transfer, TransferOptions
+from .export import TASK_EVENTS, Transfer, TransferOptions
 from .walk import lstat_entry, refuse_symlinks
 from .worker import Worker
 

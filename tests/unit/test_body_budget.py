@@ -12,7 +12,7 @@ import pytest
 
 from pfsxport.metadata import S3Url
 from pfsxport.model import Entry, RowStatus
-from pfsxport.transfer import Transfer, TransferOptions
+from pfsxport.export import Transfer, TransferOptions
 
 KiB = 1 << 10
 

@@ -7,7 +7,7 @@ import os
 
 from pfsxport.metadata import S3Url
 from pfsxport.model import BatchUnit, DirUnit, RowStatus
-from pfsxport.transfer import Transfer, TransferOptions
+from pfsxport.export import Transfer, TransferOptions
 
 from test_body_budget import HoldingStore
 

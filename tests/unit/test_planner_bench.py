@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 
-from pfsxport import transfer
+from pfsxport.export import scan as transfer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BENCH = os.path.join(HERE, "..", "..", "bench", "planner.py")

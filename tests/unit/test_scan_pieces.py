@@ -7,12 +7,13 @@ import os
 
 import pytest
 
-from pfsxport import transfer, walk
+from pfsxport import walk
+from pfsxport.export import scan as transfer
 from pfsxport.lustre import LayoutSource
 from pfsxport.manifest import Manifest
 from pfsxport.metadata import S3Url
 from pfsxport.model import BatchUnit, DeleteTreeUnit, DeleteUnit, DirUnit, Entry
-from pfsxport.transfer import TASK_EVENTS, Transfer, TransferOptions
+from pfsxport.export import TASK_EVENTS, Transfer, TransferOptions
 
 N = 1000
 

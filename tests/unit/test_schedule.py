@@ -379,7 +379,7 @@ class _Dir:
 
 def _transfer(manifest=None, full=False):
     from pfsxport.metadata import S3Url
-    from pfsxport.transfer import Transfer, TransferOptions
+    from pfsxport.export import Transfer, TransferOptions
 
     return Transfer("/nonexistent", S3Url("bucket", "p/"), store=None, layouts=None,
                     opts=TransferOptions(16 * MiB, 16 * MiB, 1 << 40, 64, 3), manifest=manifest, full=full)
@@ -487,13 +487,13 @@ def test_gone_entries_are_deleted_except_where_no_object_can_be():
     """An intent for an entry whose key no store takes (over 1024 bytes) left a record but
     never an object: it is forgotten, not sent to the store as a delete."""
     t = _transfer()
-    t.events = frozenset({"NEW", "CHANGED", "DELETED"})
+    t.ctx.events = frozenset({"NEW", "CHANGED", "DELETED"})
     records = []
-    t.delta.add = lambda *r: records.append(r)
+    t.ctx.delta.add = lambda *r: records.append(r)
     long_name = "n" * 1100
     gone = {b"f": (1, 0, 0, 0o100644, 0, 0, 1), b"d": (-1, 0, 0, 0o40755, 0, 0, 0),
             long_name.encode(): (-1, 0, 0, 0o100644, 0, 0, 0)}
-    units = t.deletions("dir", gone)
+    units = t.scanner.deletions("dir", gone)
     assert sorted(type(u).__name__ for u in units) == ["DeleteTreeUnit", "DeleteUnit"]
     assert [u.gone for u in units if type(u).__name__ == "DeleteUnit"] == [[("dir/f", 0o100644)]]
     assert records == [("D", f"dir/{long_name}")]

@@ -8,7 +8,7 @@ import pytest
 
 from pfsxport.metadata import S3Url
 from pfsxport.model import DirUnit, Entry, RowStatus
-from pfsxport.transfer import Transfer, TransferOptions
+from pfsxport.export import Transfer, TransferOptions
 from pfsxport.walk import OutsideRoot, Root, scan_dir
 
 from test_body_budget import HoldingStore

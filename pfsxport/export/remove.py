@@ -1,0 +1,60 @@
+"""Deletes (--delete, auto-export's DELETED): the objects of entries gone from the tree, and
+of every descendant of a directory gone or renamed, as the manifest knows them.
+
+Local: no MPI. Only keys pfsxport wrote (the manifest's) are ever deleted.
+"""
+from __future__ import annotations
+
+from ..errors import ErrorCode, StoreError
+from ..model import DeleteTreeUnit, DeleteUnit, EntryKind, ReportRow, RowStatus, UnitOutcome
+from .context import Context
+
+
+class Removal:
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+
+
+    def _delete(self, gone: list[tuple[str, int]]) -> tuple[list[ReportRow], bool]:
+        keys = {self.ctx.key_of(p, m): (p, m) for p, m in gone}
+        try:
+            errors = self.ctx.store.delete_objects(list(keys))
+        except StoreError as err:
+            errors = {k: str(err)[:500] for k in keys}
+            code = err.code.value
+        else:
+            code = ErrorCode.S3_ERROR.value
+        rows = []
+        for key, (path, mode) in keys.items():
+            kind = EntryKind.of_mode(mode).value
+            if key in errors:
+                rows.append(ReportRow(path, kind, 0, RowStatus.FAILED, code, rank=self.ctx.rank,
+                                      message=f"could not delete {key}: {errors[key]}"))
+            else:
+                rows.append(ReportRow(path, kind, 0, RowStatus.DELETED, rank=self.ctx.rank,
+                                      message="gone from the file system; object deleted"))
+        return rows, not errors
+
+    def delete_gone(self, unit: DeleteUnit) -> UnitOutcome:
+        rows, _ = self._delete(unit.gone)
+        for r in rows:
+            if r.status is RowStatus.DELETED:
+                self.ctx.delta.add("D", r.path)
+        return UnitOutcome(unit.uid, rows=rows)
+
+    def delete_tree(self, unit: DeleteTreeUnit) -> UnitOutcome:
+        """Delete the objects of a vanished (or renamed) directory and all its descendants,
+        as the manifest knows them; the manifest forgets the subtree only if all went."""
+        out = UnitOutcome(unit.uid)
+        ok = True
+        for batch in (self.ctx.manifest.subtree(unit.path) if self.ctx.manifest else ()):
+            rows, batch_ok = self._delete(batch)
+            out.rows += rows
+            ok = ok and batch_ok
+        if ok:
+            self.ctx.delta.add("T", unit.path)
+        else:
+            for r in out.rows:
+                if r.status is RowStatus.DELETED:
+                    self.ctx.delta.add("D", r.path)
+        return out
