@@ -91,6 +91,21 @@ def _export_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="*", metavar="PATH", help="paths relative to --fs-root (default: all)")
 
 
+def _output_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output", choices=["json", "table"], default="json",
+                   help="json: the FSx API's JSON (default); table: boxes for people, as `aws --output table`")
+
+
+def _print_described(operation: str, document: dict, output: str, ensure_ascii: bool = True) -> None:
+    """A describe command's answer: FSx JSON, or the same document drawn as a table."""
+    if output == "table":
+        from .table import render
+
+        sys.stdout.write(render(operation, document))
+    else:
+        print(json.dumps(document, indent=4, ensure_ascii=ensure_ascii))
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pfsxport", description="Export a POSIX/Lustre tree to S3 the way "
                                 "FSx for Lustre data repositories do, in parallel over MPI.")
@@ -119,6 +134,7 @@ def _parser() -> argparse.ArgumentParser:
             c.add_argument("task_ids", nargs="*", metavar="TASK_ID")
             c.add_argument("--filter", action="append", default=[],
                            help="Name=task-lifecycle,Values=EXECUTING,FAILED (repeatable)")
+            _output_option(c)
         else:
             c.add_argument("task_id", metavar="TASK_ID")
 
@@ -152,6 +168,7 @@ def _parser() -> argparse.ArgumentParser:
                                 "(its objects in S3 stay)")
         if name == "describe":
             c.add_argument("association_ids", nargs="*", metavar="ASSOCIATION_ID")
+            _output_option(c)
 
     x = sub.add_parser("auto-export", help="run the auto-export service of a file system's associations "
                        "(long-running; stop it with SIGTERM)")
@@ -296,7 +313,8 @@ def _dra(args) -> int:
         missing = set(args.association_ids) - {a.association_id for a in assocs}
         if missing:
             raise TaskError("DataRepositoryAssociationNotFound", ", ".join(sorted(missing)))
-        print(json.dumps({"Associations": [a.to_fsx() for a in assocs]}, indent=4))
+        _print_described("DescribeDataRepositoryAssociations", {"Associations": [a.to_fsx() for a in assocs]},
+                         args.output)
         return 0
     if args.dra_command == "create":
         if not root:
@@ -401,7 +419,8 @@ def _task(args) -> int:
         recs = list(state.all())
     recs = [state.reap(r) for r in recs if matches(r, filters)]
     recs.sort(key=lambda r: r.creation_time)
-    print(json.dumps({"DataRepositoryTasks": [r.to_fsx() for r in recs]}, indent=4, ensure_ascii=False))
+    _print_described("DescribeDataRepositoryTasks", {"DataRepositoryTasks": [r.to_fsx() for r in recs]}, args.output,
+                     ensure_ascii=False)
     return 0
 
 

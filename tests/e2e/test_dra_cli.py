@@ -179,3 +179,50 @@ def test_one_unwritable_association_fails_its_entries_and_the_others_go_ahead(se
     with open(os.path.join(state, "tasks", task, "report.csv"), newline="") as f:
         (row,) = [row for row in csv.DictReader(f) if row["path"] == "bad"]
     assert "NoSuchBucket" in row["message"]
+
+
+def _rows(table: str) -> dict:
+    """key -> value of the key/value rows of `--output table` text."""
+    out = {}
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 2 and not line.lstrip("|").startswith("+"):
+            out.setdefault(cells[0], cells[1])
+    return out
+
+
+def test_describe_output_table_for_people_json_by_default(seaweed, tmp_path):
+    """`dra describe` and `task describe` print FSx JSON by default and, with --output
+    table, a box per object as `aws --output table` does."""
+    root, state = tmp_path / "fs", tmp_path / "st"
+    os.makedirs(root / "results")
+    bucket = seaweed.new_bucket()
+    made = dra(seaweed, root, state, "create", "--file-system-path", "/results", "--data-repository-path",
+               f"s3://{bucket}/results/", "--events", "NEW,CHANGED")
+    aid = json.loads(made.stdout)["Association"]["AssociationId"]
+    assert json.loads(dra(seaweed, root, state, "describe").stdout)["Associations"][0]["AssociationId"] == aid
+    t = dra(seaweed, root, state, "describe", "--output", "table")
+    assert t.returncode == 0, t.stderr
+    lines = t.stdout.splitlines()
+    assert lines[1].strip("| ") == "DescribeDataRepositoryAssociations"
+    assert len({len(line) for line in lines}) == 1, t.stdout
+    rows = _rows(t.stdout)
+    assert rows["AssociationId"] == aid and rows["Lifecycle"] == "AVAILABLE"
+    assert rows["DataRepositoryPath"] == f"s3://{bucket}/results/"
+    assert [ln.strip("| ") for ln in lines if ln.strip("| ") in ("NEW", "CHANGED", "Events")] == [
+        "Events", "NEW", "CHANGED"]  # S3 > AutoExportPolicy > Events, one value a row
+
+    os.makedirs(root / "red\x1b[31mdir")
+    c = pfsxport("task", "create", "--fs-root", str(root), "--repository", f"s3://{bucket}/x/", "--state-dir",
+                 str(state), "red\x1b[31mdir", env=seaweed.env())
+    assert c.returncode == 0, c.stderr
+    task = json.loads(c.stdout)["DataRepositoryTask"]["TaskId"]
+    d = pfsxport("task", "describe", "--state-dir", str(state), "--output", "table")
+    assert d.returncode == 0, d.stderr
+    rows = _rows(d.stdout)
+    assert d.stdout.splitlines()[1].strip("| ") == "DescribeDataRepositoryTasks"
+    assert rows["TaskId"] == task and rows["Lifecycle"] == "PENDING"
+    assert "red\\x1b[31mdir" in d.stdout and "\x1b" not in d.stdout  # a path is data: no terminal escapes
+    assert len({len(line) for line in d.stdout.splitlines()}) == 1, d.stdout
+    bad = pfsxport("task", "describe", "--state-dir", str(state), "--output", "yaml")
+    assert bad.returncode == 2 and "--output" in bad.stderr
