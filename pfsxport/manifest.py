@@ -137,8 +137,8 @@ class Reader:
             last = rows[-1][0]
             yield [(r[0], r[1:]) for r in rows]
 
-    def subtree(self, path: str, batch: int = 1000) -> Iterator[list[tuple[str, int]]]:
-        """(path, mode) of everything exported at or below `path`, a page at a time (a
+    def subtree(self, path: str, batch: int = 1000) -> Iterator[list[tuple[str, int, int]]]:
+        """(path, mode, size) of everything exported at or below `path`, a page at a time (a
         renamed directory may hold millions of entries)."""
         if not self.exists:
             return
@@ -147,13 +147,13 @@ class Reader:
         last = (b"", b"")
         while True:
             rows = self._rows(
-                "SELECT dir, name, mode FROM entries WHERE ((dir = ? AND name = ?) OR dir = ? "
+                "SELECT dir, name, mode, size FROM entries WHERE ((dir = ? AND name = ?) OR dir = ? "
                 "OR (dir >= ? AND dir < ?)) AND (dir, name) > (?, ?) ORDER BY dir, name LIMIT ?",
                 (d, n, base, base + b"/", base + b"0", *last, batch))
             if not rows:
                 return
             last = (rows[-1][0], rows[-1][1])
-            yield [(os.fsdecode(r[0] + b"/" + r[1] if r[0] else r[1]), r[2]) for r in rows]
+            yield [(os.fsdecode(r[0] + b"/" + r[1] if r[0] else r[1]), r[2], r[3]) for r in rows]
 
     def close(self) -> None:
         with self._lock:

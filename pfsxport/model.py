@@ -165,9 +165,9 @@ class CopyUnit:
 
 @dataclass(slots=True)
 class DeleteUnit:
-    """--delete: remove the objects of entries that are gone (path, mode as last exported)."""
+    """--delete: remove the objects of entries that are gone (path, mode, size as last exported)."""
 
-    gone: list[tuple[str, int]]
+    gone: list[tuple[str, int, int]]
     uid: int = 0
 
 

@@ -5,6 +5,8 @@ Local: no MPI. Only keys pfsxport wrote (the manifest's) are ever deleted.
 """
 from __future__ import annotations
 
+import stat as _stat
+
 from ..errors import ErrorCode, StoreError
 from ..model import DeleteTreeUnit, DeleteUnit, EntryKind, ReportRow, RowStatus, UnitOutcome
 from .context import Context
@@ -15,8 +17,10 @@ class Removal:
         self.ctx = ctx
 
 
-    def _delete(self, gone: list[tuple[str, int]]) -> tuple[list[ReportRow], bool]:
-        keys = {self.ctx.key_of(p, m): (p, m) for p, m in gone}
+    def _delete(self, gone: list[tuple[str, int, int]]) -> tuple[list[ReportRow], bool]:
+        """Delete the objects of (path, mode, size as last exported); each row's size is its
+        object's (0 for a directory, or where only an intent was recorded)."""
+        keys = {self.ctx.key_of(p, m): (p, m, size) for p, m, size in gone}
         try:
             errors = self.ctx.store.delete_objects(list(keys))
         except StoreError as err:
@@ -25,13 +29,14 @@ class Removal:
         else:
             code = ErrorCode.S3_ERROR.value
         rows = []
-        for key, (path, mode) in keys.items():
+        for key, (path, mode, size) in keys.items():
             kind = EntryKind.of_mode(mode).value
+            size = 0 if _stat.S_ISDIR(mode) else max(size, 0)
             if key in errors:
-                rows.append(ReportRow(path, kind, 0, RowStatus.FAILED, code, rank=self.ctx.rank,
+                rows.append(ReportRow(path, kind, size, RowStatus.FAILED, code, rank=self.ctx.rank,
                                       message=f"could not delete {key}: {errors[key]}"))
             else:
-                rows.append(ReportRow(path, kind, 0, RowStatus.DELETED, rank=self.ctx.rank,
+                rows.append(ReportRow(path, kind, size, RowStatus.DELETED, rank=self.ctx.rank,
                                       message="gone from the file system; object deleted"))
         return rows, not errors
 

@@ -161,11 +161,11 @@ class Scanner:
                 self.ctx.delta.add("D", path)  # an intent whose key no store takes: no object to delete
                 continue
             if ("CHANGED" if self.ctx.renamed(path) else "DELETED") in self.ctx.events:
-                named.append((path, rec[3]))
+                named.append((path, rec[3], rec[0]))
             elif self.ctx.passed is not None:
                 self.ctx.passed[path] = None
-        units: list = [DeleteTreeUnit(path) for path, mode in named if _stat.S_ISDIR(mode)]
-        files = [(path, mode) for path, mode in named if not _stat.S_ISDIR(mode)]
+        units: list = [DeleteTreeUnit(path) for path, mode, _ in named if _stat.S_ISDIR(mode)]
+        files = [g for g in named if not _stat.S_ISDIR(g[1])]
         units += [DeleteUnit(files[i:i + 1000]) for i in range(0, len(files), 1000)]
         return units
 

@@ -105,6 +105,9 @@ def test_delete_removes_what_pfsxport_wrote_and_is_gone_only(seaweed, tmp_path):
     rows = exported_paths(state, t)
     deleted = {p for p, s in rows.items() if s == "deleted"}
     assert deleted == {"a/f0", "a/f7", "b/deep", "b/deep/g", "b/deep/er", "b/deep/er/g"}
+    with open(os.path.join(state, "tasks", t, "report.csv"), newline="") as f:
+        sizes = {r["path"]: int(r["size"]) for r in csv.DictReader(f) if r["status"] == "deleted"}
+    assert sizes == {"a/f0": 10, "a/f7": 10, "b/deep": 0, "b/deep/g": 6, "b/deep/er": 0, "b/deep/er/g": 9}
     assert {p for p, s in rows.items() if s == "succeeded"} == {
         "a", "a/f0.moved", "b", "b/shallow", "b/shallow/g", "b/shallow/er", "b/shallow/er/g"}
     assert_bucket_matches_tree(c, bucket, "x/", str(root), dir_metadata=False, content_types=False,

@@ -37,7 +37,7 @@ def test_subtree_pages_through_everything_below_and_nothing_beside(manifest):
         log.put(path, DIR if path in ("d", "d/s", "d0") else REC)
     log.close()
     manifest.merge()
-    got = [p for page in manifest.reader().subtree("d", batch=2) for p, _ in page]
+    got = [p for page in manifest.reader().subtree("d", batch=2) for p, _, _ in page]
     assert sorted(got) == ["d", "d/s", "d/s/y", "d/s/z", "d/x"]
     assert len(got) == len(set(got))
 

@@ -55,7 +55,7 @@ def scan(root: str, m: Manifest, events, monkeypatch, piece: int):
     exported = sorted([e.path for u in out.units if isinstance(u, BatchUnit) for e in u.entries] +
                       [u.entry.path for u in out.units if isinstance(u, DirUnit) and u.entry])  # dirs: own unit
     scans = sorted(u.path for u in out.units if isinstance(u, DirUnit))
-    deleted = sorted([p for u in out.units if isinstance(u, DeleteUnit) for p, _ in u.gone] +
+    deleted = sorted([p for u in out.units if isinstance(u, DeleteUnit) for p, _, _ in u.gone] +
                      [u.path for u in out.units if isinstance(u, DeleteTreeUnit)])
     return exported, scans, deleted, (out.discovered.entries, out.discovered.unchanged)
 

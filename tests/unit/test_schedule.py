@@ -495,7 +495,7 @@ def test_gone_entries_are_deleted_except_where_no_object_can_be():
             long_name.encode(): (-1, 0, 0, 0o100644, 0, 0, 0)}
     units = t.scanner.deletions("dir", gone)
     assert sorted(type(u).__name__ for u in units) == ["DeleteTreeUnit", "DeleteUnit"]
-    assert [u.gone for u in units if type(u).__name__ == "DeleteUnit"] == [[("dir/f", 0o100644)]]
+    assert [u.gone for u in units if type(u).__name__ == "DeleteUnit"] == [[("dir/f", 0o100644, 1)]]
     assert records == [("D", f"dir/{long_name}")]
 
 
