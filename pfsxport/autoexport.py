@@ -19,6 +19,10 @@ missing are forgotten, so the next scan sends exactly those.
 An association whose file-system path is gone becomes FAILED. Export tasks and the
 service never run at once on a file system (E-18): a batch runs only under the file
 system's activity lock, which an export task holds from start to end.
+
+Metrics (`metrics.listen`): pfsxport.metrics, loaded only then. The backlog keeps, per
+directory, the time of its oldest pending change; each object a batch makes durable (or
+deletes) is observed as the lag from that time.
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ import socket
 import stat as _stat
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 from .changelog import Change, ChangeKind
@@ -58,6 +63,12 @@ MAX_PASSED = 1_000_000
 _REPOSITORY_CODES = {ErrorCode.S3_ACCESS_DENIED.value, ErrorCode.S3_ERROR.value}
 
 
+# Between two reads of inotify longer than this, the loop was busy (a batch): the events read
+# next may have waited in the queue since the read before.
+_BUSY = 0.05
+_EXPORTED = (RowStatus.SUCCEEDED, RowStatus.SUCCEEDED_WITH_WARNING)
+
+
 @dataclass
 class Stats:
     exported: int = 0
@@ -67,8 +78,61 @@ class Stats:
     last_batch_seconds: float = 0.0
 
 
+@dataclass
+class BatchResult:
+    """What one batch did, for the metrics."""
+
+    exported: int = 0
+    exported_bytes: int = 0
+    deleted: int = 0
+    deleted_bytes: int = 0
+    failures: Counter = field(default_factory=Counter)  # FSx error code -> objects
+    lags: list[float] = field(default_factory=list)  # seconds from change to durable, per object
+    rescan_seconds: float | None = None  # a full rescan: how long it took
+    rescan_end: float = 0.0  # and when it ended (Unix time)
+
+    @classmethod
+    def of(cls, stamped: list[tuple[ReportRow, float]], dirty: dict[str, float], rescan: bool) -> "BatchResult":
+        """From the rows of a batch, each with the time it arrived (durable by then), and the
+        backlog it ran for (directory -> oldest pending change)."""
+        out = cls()
+        for row, at in stamped:
+            if row.status is RowStatus.FAILED:
+                out.failures[row.error_code] += 1
+                continue
+            size = 0 if row.kind == "directory" else max(row.size, 0)
+            if row.status in _EXPORTED:
+                out.exported += 1
+                out.exported_bytes += size
+            elif row.status is RowStatus.DELETED:
+                out.deleted += 1
+                out.deleted_bytes += size
+            else:
+                continue
+            since = _changed_at(dirty, row.path, rescan)
+            if since is not None:
+                out.lags.append(max(0.0, at - since))
+        return out
+
+
 def _parent(path: str) -> str:
     return path.rpartition("/")[0]
+
+
+def _changed_at(dirty: dict[str, float], path: str, rescan: bool) -> float | None:
+    """When the change that made `path` due was seen: its directory's oldest pending change,
+    else (a directory new to the manifest, walked whole) its nearest ancestor's. None for an
+    entry that only a full rescan found."""
+    d = _parent(path)
+    if d in dirty:
+        return dirty[d]
+    if rescan:
+        return None
+    while d:
+        d = _parent(d)
+        if d in dirty:
+            return dirty[d]
+    return None
 
 
 def _under(path: str, roots: set[str]) -> bool:
@@ -88,7 +152,7 @@ class Runner:
 
     assoc: Association
     mount: str
-    dirty: dict[str, None] = field(default_factory=dict)  # association-relative directories
+    dirty: dict[str, float] = field(default_factory=dict)  # association-relative directory -> oldest change
     renamed: set[str] = field(default_factory=set)  # paths that arrived or left by a rename
     writing: dict[str, float] = field(default_factory=dict)  # path -> last write seen
     passed: dict[str, tuple] = field(default_factory=dict)  # path -> rec the policy left alone (bounded)
@@ -96,6 +160,7 @@ class Runner:
     since: float = 0.0  # when the oldest pending change arrived
     next_check: float = 0.0
     stats: Stats = field(default_factory=Stats)
+    metrics: object | None = None  # its pfsxport.metrics.AssociationMetrics, when metrics are on
 
     @property
     def rel_root(self) -> str:
@@ -125,10 +190,15 @@ class Runner:
     def backlog(self) -> bool:
         return bool(self.dirty) or self.rescan
 
-    def touch(self, directory: str, now: float) -> None:
+    def touch(self, directory: str, now: float, at: float | None = None) -> bool:
+        """Put `directory` in the backlog for a change seen at `at` (default `now`); False
+        when it was there already (the change coalesces with one pending)."""
         if not self.backlog():
             self.since = now
-        self.dirty[directory] = None
+        at = now if at is None else at
+        old = self.dirty.get(directory)
+        self.dirty[directory] = at if old is None else min(old, at)
+        return old is None
 
 
 class AutoExport:
@@ -151,6 +221,9 @@ class AutoExport:
         self.changelog_index: int | None = None  # last changelog record dispatched, not yet cleared
         self.started = time.time()
         self.last_rescan = time.monotonic()
+        self.read_end = time.monotonic()  # when the last read of events returned
+        self.metrics = None  # pfsxport.metrics.ServiceMetrics when metrics.listen is set
+        self.metrics_url = ""
         self.status_path = os.path.join(cfg.state_dir, "autoexport", f"{self.fsid}.json")
         t = cfg.transfer
         self.layouts = LayoutSource(t.lfs, t.stripe_size)
@@ -176,6 +249,8 @@ class AutoExport:
                 "association %s (%s -> %s) is %s%s", a.association_id, a.file_system_path,
                 a.data_repository_path, lifecycle.value, f": {message}" if message else "")
         a.lifecycle, a.failure_message = lifecycle, message
+        if runner.metrics is not None:
+            runner.metrics.lifecycle(lifecycle)
         with self.state.editing_associations(self.fsid) as assocs:
             for other in assocs:
                 if other.association_id == a.association_id:
@@ -192,6 +267,8 @@ class AutoExport:
             runner = self.runners.get(a.association_id)
             if runner is None:
                 runner = self.runners[a.association_id] = Runner(a, self.mount)
+                if self.metrics is not None:
+                    runner.metrics = self.metrics.association(a)
                 if a.lifecycle is AssociationLifecycle.FAILED:
                     continue
                 problem = runner.root_problem()
@@ -211,6 +288,8 @@ class AutoExport:
                 self._set_lifecycle(runner, AssociationLifecycle.AVAILABLE)
         for aid in set(self.runners) - seen:
             runner = self.runners.pop(aid)
+            if self.metrics is not None:
+                self.metrics.forget(aid)
             if self.watcher is not None:
                 self.watcher.remove_root(runner.rel_root)
             log.info("association %s removed: auto-export of %s stops", aid, runner.assoc.file_system_path)
@@ -224,34 +303,52 @@ class AutoExport:
                 return r, rel
         return None, None
 
-    def dispatch(self, changes: list[Change], writing: set[str] = frozenset()) -> None:
-        """Turn changes (mount-relative paths) into each association's backlog."""
-        now = time.monotonic()
+    def dispatch(self, changes: list[Change], writing: set[str] = frozenset(), seen: float | None = None) -> None:
+        """Turn changes (mount-relative paths) into each association's backlog. `seen`: when
+        they were seen (monotonic, default now); a change that carries its own time (a
+        changelog record's) is taken at that time."""
+        now, wall = time.monotonic(), time.time()
         for c in changes:
-            r, rel = self._runner_of(c.path)
-            ro = None
-            if c.kind is ChangeKind.RENAMED and c.old_path is not None:
-                ro, old = self._runner_of(c.old_path)
-                if ro is not None and old:
-                    ro.writing.pop(old, None)
-                    if r is not None:  # a rename inside the linked paths: CHANGED (old key goes, new one comes)
-                        ro.renamed.add(old)
-                    ro.touch(_parent(old), now)  # else it left them: DELETED
-            if r is None or not rel:
-                continue
-            if c.kind is ChangeKind.RENAMED and ro is not None:
-                r.renamed.add(rel)
-            elif c.kind is ChangeKind.CREATED and not c.is_dir:
-                self._maybe_writing(r, rel, now)
-            elif c.kind is ChangeKind.CLOSED:
-                r.writing.pop(rel, None)
-            elif c.kind is ChangeKind.DELETED:
-                r.writing.pop(rel, None)
-            r.touch(_parent(rel), now)
+            at = seen if seen is not None else now
+            if c.time is not None:
+                at = min(now, now - (wall - c.time))
+            added: dict[str, list] = {}  # association id -> [runner, whether the change added a directory]
+            for r, new in self._apply(c, now, at):
+                entry = added.setdefault(r.assoc.association_id, [r, False])
+                entry[1] = entry[1] or new
+            for r, new in added.values():
+                if r.metrics is not None:  # one event for each association it touched
+                    r.metrics.events(1, 0 if new else 1)
         for path in writing:
             r, rel = self._runner_of(path)
             if r is not None and rel:
                 r.writing[rel] = now
+
+    def _apply(self, c: Change, now: float, at: float) -> list[tuple[Runner, bool]]:
+        """One change into the backlog of the association(s) it touches; each touch says
+        whether it added a directory (False: it coalesced with a pending change)."""
+        touched = []
+        r, rel = self._runner_of(c.path)
+        ro = None
+        if c.kind is ChangeKind.RENAMED and c.old_path is not None:
+            ro, old = self._runner_of(c.old_path)
+            if ro is not None and old:
+                ro.writing.pop(old, None)
+                if r is not None:  # a rename inside the linked paths: CHANGED (old key goes, new one comes)
+                    ro.renamed.add(old)
+                touched.append((ro, ro.touch(_parent(old), now, at)))  # else it left them: DELETED
+        if r is None or not rel:
+            return touched
+        if c.kind is ChangeKind.RENAMED and ro is not None:
+            r.renamed.add(rel)
+        elif c.kind is ChangeKind.CREATED and not c.is_dir:
+            self._maybe_writing(r, rel, now)
+        elif c.kind is ChangeKind.CLOSED:
+            r.writing.pop(rel, None)
+        elif c.kind is ChangeKind.DELETED:
+            r.writing.pop(rel, None)
+        touched.append((r, r.touch(_parent(rel), now, at)))
+        return touched
 
     def _maybe_writing(self, r: Runner, rel: str, now: float) -> None:
         """A file just created with open(O_CREAT) is held until its writer closes it; a
@@ -391,11 +488,16 @@ class AutoExport:
         transfer = Transfer(r.root, url, store, self.layouts, self.opts, skip=self._skip(r), manifest=reader,
                             delta=delta, events=frozenset(a.events), hold=self._held(r),
                             renamed=lambda p: _under(p, renamed), passed=r.passed)
-        rows: list[ReportRow] = []
+        stamped: list[tuple[ReportRow, float]] = []  # each row with when it came: its object durable by then
+
+        def collect(rows: list[ReportRow]) -> None:
+            at = time.monotonic()
+            stamped.extend((row, at) for row in rows)
         t = self.cfg.transfer
-        scheduler = Scheduler(units, rows.extend, 1, reads_per_ost=t.reads_per_ost)
+        scheduler = Scheduler(units, collect, 1, reads_per_ost=t.reads_per_ost)
         run_work(SOLO, scheduler, threading.Lock(),
                  lambda ch: Worker(transfer, ch, t.concurrency, t.parts_in_flight, delta.flush), STOP)
+        rows = [row for row, _ in stamped]
         delta.close()
         reader.close()
         if scheduler.fault is not None:  # the state directory failed: the service stops and says why
@@ -404,13 +506,19 @@ class AutoExport:
         self._bucket_lost(store)
         if len(r.passed) > MAX_PASSED:  # forgotten: a later scan judges those entries afresh
             r.passed.clear()
+        result = BatchResult.of(stamped, dirty, rescan)
+        if rescan:
+            result.rescan_seconds, result.rescan_end = time.monotonic() - t0, time.time()
         failed = [row for row in rows if row.status is RowStatus.FAILED]
         if failed and any(row.error_code in _REPOSITORY_CODES for row in failed) and not self._check(r, store):
             # the repository cannot be written: keep the whole batch as backlog
-            for d in dirty:
-                r.touch(d, t0)
+            for d, at in dirty.items():
+                r.touch(d, t0, at)
             r.renamed |= renamed
             r.rescan = r.rescan or rescan
+            if r.metrics is not None:  # what it did make durable counts (the rescan is not done)
+                result.rescan_seconds = None
+                r.metrics.batch(result)
             return False
         for row in failed:
             key = url.key(row.path) + ("/" if row.kind == "directory" else "")
@@ -422,6 +530,8 @@ class AutoExport:
         r.stats.deleted += sum(1 for row in rows if row.status is RowStatus.DELETED)
         r.stats.batches += 1
         r.stats.last_batch_seconds = round(time.monotonic() - t0, 3)
+        if r.metrics is not None:
+            r.metrics.batch(result)
         if rows:
             log.info("%s: %d exported, %d deleted, %d failed in %.2f s (%d director%s scanned)",
                      a.association_id, sum(1 for row in rows if row.status is RowStatus.SUCCEEDED),
@@ -472,7 +582,14 @@ class AutoExport:
 
     def _read_events(self, timeout: float) -> None:
         if self.watcher is not None:
+            began = time.monotonic()
             batch = self.watcher.read(int(timeout * 1000))
+            ended = time.monotonic()
+            # Events read at once after the loop was busy (a batch) waited in the queue for up
+            # to that long: they are taken as seen when the read before returned (an upper
+            # bound of their lag); others were seen as they came.
+            seen = self.read_end if began - self.read_end > _BUSY and ended - began < _BUSY else None
+            self.read_end = ended
             for root in batch.roots_gone:
                 r, _ = self._runner_of(root)
                 if r is not None:
@@ -481,7 +598,7 @@ class AutoExport:
                 log.warning("inotify queue overflowed: rescanning every association")
                 for r in self.runners.values():
                     r.rescan = True
-            self.dispatch(batch.changes, batch.writing)
+            self.dispatch(batch.changes, batch.writing, seen)
         elif self.source is not None:
             changes, last = self.source.poll(self.ae.changelog_batch)
             if last is not None:
@@ -498,6 +615,12 @@ class AutoExport:
             return
         self.source.clear(self.changelog_index)
         self.changelog_index = None
+        self._publish_changelog()
+
+    def _publish_changelog(self) -> None:
+        if self.metrics is not None and self.source is not None:
+            records, self.source.records_read = self.source.records_read, 0
+            self.metrics.changelog(self.ae.changelog_mdt, records, self.source.cursor_lag)
 
     def stop(self, *_args) -> None:
         self.stopping.set()
@@ -511,6 +634,7 @@ class AutoExport:
             return 6
         try:
             service_lock.announce(f"{socket.gethostname()} pid {os.getpid()}")
+            self._serve_metrics()
             self.state.declare_associations(self.fsid, self.cfg.associations)
             self._open_source()
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -519,9 +643,22 @@ class AutoExport:
         finally:
             if self.watcher is not None:
                 self.watcher.close()
+            if self.metrics is not None:
+                self.metrics.close()
             service_lock.release()
         log.info("auto-export for %s stopped", self.fsid)
         return 0
+
+    def _serve_metrics(self) -> None:
+        """/metrics on metrics.listen, when set (prometheus_client is loaded only then)."""
+        m = self.cfg.metrics
+        if not m.listen:
+            return
+        from .metrics import ServiceMetrics
+
+        self.metrics = ServiceMetrics(self.fsid)
+        self.metrics_url = self.metrics.serve(m.host, m.port)
+        log.info("metrics of auto-export for %s at %s", self.fsid, self.metrics_url)
 
     def _loop(self) -> None:
         ae = self.ae
@@ -552,11 +689,17 @@ class AutoExport:
         self.write_status()
 
     def write_status(self) -> None:
-        """state/autoexport/FSID.json: what the service is doing, for people and tests."""
+        """state/autoexport/FSID.json: what the service is doing, for people and tests; the
+        gauges of the metrics with it."""
+        for r in self.runners.values():
+            if r.metrics is not None:
+                r.metrics.backlog(len(r.dirty) + int(r.rescan), len(r.writing))
+        self._publish_changelog()
         write_json_atomic(self.status_path, {
             "FileSystemId": self.fsid, "Host": socket.gethostname(), "Pid": os.getpid(),
             "Source": getattr(self, "source_name", ""), "StartTime": round(self.started, 3),
             "LastUpdated": round(time.time(), 3),
+            **({"Metrics": self.metrics_url} if self.metrics_url else {}),
             "Associations": {aid: {"Lifecycle": r.assoc.lifecycle.value, "Backlog": len(r.dirty) + int(r.rescan),
                                    "Writing": len(r.writing), "Exported": r.stats.exported,
                                    "Deleted": r.stats.deleted, "Failed": r.stats.failed,

@@ -19,6 +19,7 @@ import re
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import Enum
 
 log = logging.getLogger("pfsxport")
@@ -81,6 +82,7 @@ class ChangelogRecord:
     nid: str | None = field(default=None, compare=False)
     mode: str | None = field(default=None, compare=False)  # m=: open mode, "rw-" style
     xattr: str | None = field(default=None, compare=False)
+    time: float | None = field(default=None, compare=False)  # when it was recorded (Unix time)
 
     @property
     def kind_name(self) -> str:
@@ -98,6 +100,7 @@ class Change:
     path: str
     old_path: str | None = None  # RENAMED only
     is_dir: bool | None = None  # when known from the record type
+    time: float | None = field(default=None, compare=False)  # Unix time of the change, when the source knows it
 
 
 class ChangelogError(Exception):
@@ -119,6 +122,18 @@ def is_zero_fid(fid: str | None) -> bool:
         return all(int(p, 16) == 0 for p in fid.split(":"))
     except ValueError:
         return False
+
+
+def _record_time(clock: bytes, date: bytes) -> float | None:
+    """`10:28:46.968438800 2026.11.23` as lfs prints a record's time (local time) -> Unix time."""
+    try:
+        h, mi, sec = clock.split(b":")
+        y, mo, d = date.split(b".")
+        whole, _, frac = sec.partition(b".")
+        t = datetime(int(y), int(mo), int(d), int(h), int(mi), int(whole)).timestamp()  # naive: local time
+    except (ValueError, OverflowError, OSError):
+        return None
+    return t + (int(frac) / 10 ** len(frac) if frac else 0.0)
 
 
 def parse_line(line: bytes) -> ChangelogRecord | None:
@@ -186,7 +201,7 @@ def parse_line(line: bytes) -> ChangelogRecord | None:
     return ChangelogRecord(index=index, type=m.group(3).decode(), type_no=type_no, flags=flags,
                            tfid=m.group(7).decode(), pfid=pfid, name=name, sfid=sfid, spfid=spfid, sname=sname,
                            uid=uid, gid=gid, jobid=text(b"j"), extra_flags=extra, nid=text(b"nid"),
-                           mode=text(b"m"), xattr=text(b"x"))
+                           mode=text(b"m"), xattr=text(b"x"), time=_record_time(m.group(4), m.group(5)))
 
 
 def _join(parent: str, name: bytes) -> str:
@@ -238,6 +253,9 @@ class ChangelogSource:
         self.fid_batch = max(1, fid_batch)
         self._next: int | None = None  # first index of the next poll; None: after the user's cleared record
         self._print_fid = True  # `lfs fid2path -f`; off after an lfs that does not know it
+        self.records_read = 0  # records returned by poll() (the caller may reset it)
+        self.read_index: int | None = None  # the last record read
+        self.cleared_index: int | None = None  # the last record cleared (or the one before the first read)
         base = os.fsencode(mount).rstrip(b"/")
         real = os.fsencode(os.path.realpath(mount)).rstrip(b"/")
         self._prefixes = [p for p in dict.fromkeys((base, real)) if p]
@@ -381,7 +399,18 @@ class ChangelogSource:
         changes = self._coalesce(recs)
         last = recs[-1].index
         self._next = last + 1
+        if self.cleared_index is None:
+            self.cleared_index = recs[0].index - 1
+        self.read_index = last
+        self.records_read += len(recs)
         return changes, last
+
+    @property
+    def cursor_lag(self) -> int:
+        """Records (by index) read and not yet cleared."""
+        if self.read_index is None or self.cleared_index is None:
+            return 0
+        return max(0, self.read_index - self.cleared_index)
 
     def clear(self, index: int) -> None:
         """`lfs changelog_clear MDT USER INDEX`: call only once the changes up to INDEX are
@@ -389,6 +418,7 @@ class ChangelogSource:
         if int(index) < 1:
             raise ValueError(f"changelog index to clear must be at least 1, not {index}")
         self._lfs(["changelog_clear", self.mdt, self.user, str(int(index))])
+        self.cleared_index = max(int(index), self.cleared_index or 0)
 
     # ---- coalescing ----------------------------------------------------------------------
 
@@ -465,6 +495,9 @@ class ChangelogSource:
                 paths.update(self._fid2path(fetch))
             pending = up
 
+        def at(pos: int) -> float | None:
+            return recs[pos].time
+
         def dir_path(fid: str | None, depth: int = 0) -> str | None:
             if not fid or is_zero_fid(fid) or depth > 256:
                 return None
@@ -484,17 +517,18 @@ class ChangelogSource:
                 if new is None:
                     log.info("changelog: record %d: cannot place the deleted entry; skipped", recs[o.pos].index)
                     continue
-                out.append(((o.pos, 0), Change(ChangeKind.DELETED, new, is_dir=is_dir.get(o.fid or ""))))
+                out.append(((o.pos, 0), Change(ChangeKind.DELETED, new, is_dir=is_dir.get(o.fid or ""),
+                                               time=at(o.pos))))
                 touched[new] = o.pos
                 continue
             old = (_join(p, o.old_name) if o.old_name and (p := dir_path(o.old_pfid)) is not None else None)
             d = is_dir.get(o.fid or "")
             if old is not None and new is not None:
                 if old != new:
-                    out.append(((o.pos, 0), Change(ChangeKind.RENAMED, new, old_path=old, is_dir=d)))
+                    out.append(((o.pos, 0), Change(ChangeKind.RENAMED, new, old_path=old, is_dir=d, time=at(o.pos))))
                     touched[old] = touched[new] = o.pos
             elif old is not None:  # the new parent is gone since: the old name went
-                out.append(((o.pos, 0), Change(ChangeKind.DELETED, old, is_dir=d)))
+                out.append(((o.pos, 0), Change(ChangeKind.DELETED, old, is_dir=d, time=at(o.pos))))
                 touched[old] = o.pos
             elif new is not None:  # the old parent is gone since: the new name is new
                 named.append((o.pos, o.pfid or "", o.name or b"", d))
@@ -508,7 +542,7 @@ class ChangelogSource:
             p = dir_path(pfid)
             if p is not None:
                 path = _join(p, name)
-                out.append((place(pos, path), Change(ChangeKind.CREATED, path, is_dir=d)))
+                out.append((place(pos, path), Change(ChangeKind.CREATED, path, is_dir=d, time=at(pos))))
         for fid, c in content.items():
             # A FID gone now yields nothing: a later UNLNK/RMDIR (this batch or the next) covers it.
             for path in paths.get(fid, []):
@@ -516,12 +550,14 @@ class ChangelogSource:
                     continue  # the root of the mount: no object of its own
                 d = is_dir.get(fid)
                 if c.created is not None:
-                    out.append((place(c.created, path), Change(ChangeKind.CREATED, path, is_dir=d)))
+                    out.append((place(c.created, path), Change(ChangeKind.CREATED, path, is_dir=d,
+                                                               time=at(c.created))))
                 if c.closed:  # after the create, so a consumer holding a new file sees it released
                     base = c.changed if c.created is None else max(c.created, c.changed)
-                    out.append((place(base, path), Change(ChangeKind.CLOSED, path, is_dir=d)))
+                    out.append((place(base, path), Change(ChangeKind.CLOSED, path, is_dir=d, time=at(c.changed))))
                 elif c.changed is not None and c.created is None:  # a create covers metadata
-                    out.append((place(c.changed, path), Change(ChangeKind.METADATA, path, is_dir=d)))
+                    out.append((place(c.changed, path), Change(ChangeKind.METADATA, path, is_dir=d,
+                                                               time=at(c.changed))))
 
         out.sort(key=lambda kc: kc[0])
         changes: list[Change] = []

@@ -195,6 +195,8 @@ def _parser() -> argparse.ArgumentParser:
                    "(default 60)")
     x.add_argument("--log-level", choices=["DISABLED", "WARN_ONLY", "ERROR_ONLY", "WARN_ERROR"],
                    help="event log level (default WARN_ERROR)")
+    x.add_argument("--metrics-listen", metavar="HOST:PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics, e.g. 127.0.0.1:9817 (default: off)")
 
     d = sub.add_parser("demo", help="start a local SeaweedFS, export a sample tree with mpiexec, show the result")
     d.add_argument("--ranks", type=int, default=2)
@@ -473,6 +475,7 @@ AUTO_EXPORT_FLAGS = {
     "changelog_user": "auto_export.changelog_user", "debounce": "auto_export.debounce",
     "rescan_interval": "auto_export.rescan_interval", "recheck_interval": "auto_export.recheck_interval",
     "hold_timeout": "auto_export.hold_timeout", "log_level": "event_log.level",
+    "metrics_listen": "metrics.listen",
 }
 
 

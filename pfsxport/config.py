@@ -63,6 +63,21 @@ class AutoExportSettings:
 
 
 @dataclass(slots=True)
+class MetricsSettings:
+    """Prometheus metrics of the auto-export service: `listen` is HOST:PORT, "" (off) by default."""
+
+    listen: str = ""
+
+    @property
+    def host(self) -> str | None:
+        return split_listen(self.listen)[0] if self.listen else None
+
+    @property
+    def port(self) -> int | None:
+        return split_listen(self.listen)[1] if self.listen else None
+
+
+@dataclass(slots=True)
 class ExportConfig:
     fs_root: str
     repository: S3Url | None  # None for auto-export, which takes its repositories from associations
@@ -81,6 +96,7 @@ class ExportConfig:
     status_interval: float = 2.0
     auto_export: AutoExportSettings = field(default_factory=AutoExportSettings)
     event_log_level: LogLevel = LogLevel.WARN_ERROR
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     # declared data repository associations: (file_system_path, data_repository_path, events)
     associations: list[tuple[str, str, list[str]]] = field(default_factory=list)
 
@@ -199,6 +215,27 @@ def endpoint_url(v: Any) -> str:
     return s
 
 
+def split_listen(text: str) -> tuple[str, int]:
+    """HOST:PORT (an IPv6 host in brackets, [::1]:PORT) -> (host, port); port 0 is any free one."""
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        host = ""  # an IPv6 address needs its brackets
+    if not sep or not host or any(c.isspace() or c in "[]/" for c in host) or not port.isdigit() \
+            or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT (e.g. 127.0.0.1:9817, [::1]:9817; port 0: any free port), "
+                         f"got {text!r}")
+    return host, int(port)
+
+
+def _listen(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError(f"expected HOST:PORT as a string (e.g. '127.0.0.1:9817'), got {v!r}")
+    split_listen(v)
+    return v
+
+
 def _path(v: Any) -> str:
     return os.path.abspath(os.path.expanduser(_str(v)))
 
@@ -248,8 +285,9 @@ SCHEMA: dict[str, Callable[[Any], Any]] = {
     "auto_export.changelog_batch": _int(1, 1_000_000),
     "associations": _associations,
     "event_log.level": lambda v: LogLevel(_choice(*(x.value for x in LogLevel))(v)),
+    "metrics.listen": _listen,
 }
-SECTIONS = {"s3", "transfer", "progress", "auto_export", "event_log"}
+SECTIONS = {"s3", "transfer", "progress", "auto_export", "event_log", "metrics"}
 
 
 def default_state_dir() -> str:
@@ -357,6 +395,7 @@ def resolve(file_values: dict[str, Any], cli_values: dict[str, Any], config_path
         auto_export=AutoExportSettings(**{k[12:]: v for k, v in values.items() if k.startswith("auto_export.")}),
         event_log_level=values.get("event_log.level", LogLevel.WARN_ERROR),
         associations=values.get("associations", []),
+        metrics=MetricsSettings(values.get("metrics.listen", "")),
     )
 
 

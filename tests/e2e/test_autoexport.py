@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 from conftest import list_keys, pfsxport, run_export
@@ -31,6 +32,22 @@ def eventually(check, timeout: float = 60.0, what: str = "", show=None):
             last = e
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what or check}: {last}" + (f"; now {show()}" if show else ""))
+
+
+class Scrape:
+    """One scrape of /metrics: value(name, **labels) of a sample, families by name."""
+
+    def __init__(self, text: str):
+        from prometheus_client.parser import text_string_to_metric_families
+
+        self.text = text
+        self.families = {f.name: f for f in text_string_to_metric_families(text)}
+        self.samples = [s for f in self.families.values() for s in f.samples]
+
+    def value(self, name: str, **labels: str) -> float | None:
+        found = [s.value for s in self.samples if s.name == name and labels.items() <= s.labels.items()]
+        assert len(found) <= 1, f"{name} {labels}: {len(found)} samples"
+        return found[0] if found else None
 
 
 class Service:
@@ -96,6 +113,14 @@ class Service:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(30)
         return self.proc.returncode
+
+    def metrics(self) -> "Scrape":
+        """GET the service's /metrics over HTTP (its address is in the status file), parsed
+        with prometheus_client's own parser."""
+        url = eventually(lambda: self.status().get("Metrics"), 30, "the metrics address")
+        with urllib.request.urlopen(url, timeout=10) as r:
+            assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain")
+            return Scrape(r.read().decode())
 
     def kill(self) -> None:
         self.proc.kill()
@@ -451,24 +476,29 @@ def test_export_task_and_auto_export_never_run_at_once(seaweed, service):
 STANDIN_LFS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "standin", "lfs")
 
 
+# as lfs prints a record's time (local time): an hour ago
+_AN_HOUR_AGO = time.strftime("%H:%M:%S.968438800 %Y.%m.%d", time.localtime(time.time() - 3600))
+
+
 def _record(index: int, kind: str, tfid: str, rest: str = "", flags: str = "0x0") -> str:
-    return f"{index} {kind} 10:28:46.968438800 2026.11.23 {flags} t=[{tfid}] ef=0xf u=0:0 nid=0@lo {rest}".rstrip()
+    return f"{index} {kind} {_AN_HOUR_AGO} {flags} t=[{tfid}] ef=0xf u=0:0 nid=0@lo {rest}".rstrip()
 
 
 def test_lustre_changelog_source_clears_only_what_is_in_s3(seaweed, service, tmp_path):
     """The changelog source with a stand-in lfs over a real tree: records become objects,
-    and `lfs changelog_clear` follows only once they are durable."""
+    and `lfs changelog_clear` follows only once they are durable. The metrics count the
+    records and the cursor's lag, and measure the lag from each record's own time."""
     lfsdir = tmp_path / "lfs"
     os.makedirs(lfsdir)
     cfg = tmp_path / "ae.yaml"
     cfg.write_text("auto_export:\n  rescan_on_start: false\n")
     s = service("--config", str(cfg), "--source", "changelog", "--changelog-mdt", "lus-MDT0000",
-                "--changelog-user", "cl1", "--lfs", STANDIN_LFS)
+                "--changelog-user", "cl1", "--lfs", STANDIN_LFS, "--metrics-listen", "127.0.0.1:0")
     os.environ["PFSXPORT_STANDIN_LFS"] = str(lfsdir)  # inherited by the service
     try:
         bucket = seaweed.new_bucket()
         c = seaweed.client()
-        s.associate("/lus", f"s3://{bucket}/lus/", "NEW,CHANGED,DELETED")
+        aid = s.associate("/lus", f"s3://{bucket}/lus/", "NEW,CHANGED,DELETED")
         res = os.path.join(s.root, "lus")
         os.makedirs(os.path.join(res, "old"))
         with open(os.path.join(res, "old", "untouched"), "wb") as f:
@@ -507,5 +537,107 @@ def test_lustre_changelog_source_clears_only_what_is_in_s3(seaweed, service, tmp
                    {"lus/a2", "lus/run/", "lus/old/", "lus/old/untouched"}, 60, "delete and rename")
         eventually(lambda: (lfsdir / "cleared").read_text().split()[-1] == "7", 30, "the second clear")
         assert body(c, bucket, "lus/a2") == b"a" * 10
+        mdt = {"mdt": "lus-MDT0000"}
+        m = eventually(lambda: s.metrics().value("pfsxport_changelog_records_total", **mdt) == 7 and s.metrics(),
+                       10, "7 records counted")
+        assert m.value("pfsxport_changelog_cursor_lag_records", **mdt) == 0  # all cleared
+        lag = {"association": aid}
+        assert m.value("pfsxport_autoexport_lag_seconds_count", **lag) >= 6  # a, run/, run/b; b and a gone, a2
+        assert m.value("pfsxport_autoexport_lag_seconds_bucket", le="600.0", **lag) == 0  # from an hour ago
     finally:
         os.environ.pop("PFSXPORT_STANDIN_LFS", None)
+
+
+def test_metrics_follow_files_and_the_lifecycle(moto, service):
+    """/metrics of a real service, scraped over HTTP: the counters move as files are made
+    and removed, a failure is counted by its FSx error code, and the lifecycle gauge
+    follows MISCONFIGURED (the bucket deleted) and back (the bucket made again)."""
+    s = service("--metrics-listen", "127.0.0.1:0", server=moto)
+    bucket = moto.new_bucket()
+    c = moto.client()
+    aid = s.associate("/m", f"s3://{bucket}/m/", "NEW,CHANGED,DELETED")
+    s.start()
+    a = {"association": aid}
+    m = s.metrics()
+    assert m.value("pfsxport_association_lifecycle", lifecycle="AVAILABLE", **a) == 1
+    assert m.value("pfsxport_association_lifecycle", lifecycle="MISCONFIGURED", **a) == 0
+    assert m.value("pfsxport_association_info", file_system_path="/m", data_repository_path=f"s3://{bucket}/m/",
+                   **a) == 1
+    assert m.value("pfsxport_autoexport_exported_objects_total", **a) == 0
+    assert m.value("pfsxport_autoexport_last_rescan_timestamp_seconds", **a) > 0  # the scan at start
+    assert m.families["pfsxport_autoexport_lag_seconds"].type == "histogram"
+    assert m.families["pfsxport_autoexport_failures"].type == "counter"
+
+    res = os.path.join(s.root, "m")
+    for i in range(5):
+        with open(os.path.join(res, f"f{i}"), "wb") as f:
+            f.write(b"x" * 100)
+    # 4 directories whose keys fit and a file whose key is too long, moved in at once
+    deep = os.path.join(s.root, "staging", *["d" * 250] * 4)
+    os.makedirs(deep)
+    with open(os.path.join(deep, "too-long-" + "k" * 30), "wb") as f:
+        f.write(b"never sent")
+    os.rename(os.path.join(s.root, "staging", "d" * 250), os.path.join(res, "d" * 250))
+
+    def exported():
+        m = s.metrics()
+        assert m.value("pfsxport_autoexport_exported_objects_total", **a) == 9, m.text  # 5 files, 4 directories
+        assert m.value("pfsxport_autoexport_failures_total", code="PathSizeTooLong", **a) == 1
+        return m
+    m = eventually(exported, 60, "the counters to move")
+    assert m.value("pfsxport_autoexport_exported_bytes_total", **a) == 500  # directory objects are empty
+    assert m.value("pfsxport_autoexport_events_received_total", **a) >= 10  # a create and a close per file
+    assert m.value("pfsxport_autoexport_events_coalesced_total", **a) >= 1
+    assert m.value("pfsxport_autoexport_lag_seconds_count", **a) == 9  # one per object made durable
+    assert m.value("pfsxport_autoexport_lag_seconds_bucket", le="+Inf", **a) == 9
+    assert m.value("pfsxport_autoexport_backlog_entries", **a) == 0
+
+    os.unlink(os.path.join(res, "f0"))
+    os.unlink(os.path.join(res, "f1"))
+    eventually(lambda: s.metrics().value("pfsxport_autoexport_deleted_objects_total", **a) == 2, 60, "2 deleted")
+    m = s.metrics()
+    assert m.value("pfsxport_autoexport_deleted_bytes_total", **a) == 200
+    assert m.value("pfsxport_autoexport_lag_seconds_count", **a) == 11
+
+    _lose_bucket(c, bucket)
+    with open(os.path.join(res, "while-gone"), "wb") as f:
+        f.write(b"queued")
+
+    def misconfigured():
+        m = s.metrics()
+        return m.value("pfsxport_association_lifecycle", lifecycle="MISCONFIGURED", **a) == 1 and m
+    m = eventually(misconfigured, 60, "the gauge to show MISCONFIGURED")
+    assert m.value("pfsxport_association_lifecycle", lifecycle="AVAILABLE", **a) == 0
+    assert s.describe(aid)["Lifecycle"] == "MISCONFIGURED"
+    eventually(lambda: s.metrics().value("pfsxport_autoexport_backlog_entries", **a) > 0, 10, "the backlog shown")
+    c.create_bucket(Bucket=bucket)
+    eventually(lambda: s.metrics().value("pfsxport_association_lifecycle", lifecycle="AVAILABLE", **a) == 1, 60,
+               "the gauge to show AVAILABLE again")
+    m = eventually(lambda: "m/while-gone" in list_keys(c, bucket) and s.metrics(), 60, "the backlog in S3")
+    assert m.value("pfsxport_association_lifecycle", lifecycle="MISCONFIGURED", **a) == 0
+    assert s.stop() == 0
+    assert "Traceback" not in s.output()
+
+
+def test_metrics_address_in_use_is_a_config_error(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        os.makedirs(tmp_path / "fs")
+        r = pfsxport("auto-export", "--fs-root", str(tmp_path / "fs"), "--state-dir", str(tmp_path / "st"),
+                     "--metrics-listen", f"127.0.0.1:{port}", timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert f"metrics.listen 127.0.0.1:{port}" in r.stderr and "in use" in r.stderr
+
+
+def test_prometheus_client_is_loaded_only_for_a_service_with_metrics(tmp_path):
+    """Export tasks and `task describe` start without it (it is imported by pfsxport.metrics,
+    which the service loads only when metrics.listen is set)."""
+    code = ("import sys; from pfsxport.cli import main; import pfsxport.autoexport, pfsxport.job; "
+            f"rc = main(['task', 'describe', '--state-dir', {str(tmp_path)!r}]); "
+            "print('loaded' if 'prometheus_client' in sys.modules else 'not loaded', rc)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.stdout.split()[-3:] == ["not", "loaded", "0"], r.stdout + r.stderr

@@ -605,3 +605,32 @@ def test_fid2path_under_a_mount_given_with_a_trailing_slash():
     run = FakeRun(changelog=(0, line(1, "CLOSE", F, flags=2) + b"\n", b""),
                   fid2path=(0, f"[{F}] /mnt/testfs/d/f\n".encode(), b""))
     assert ChangelogSource(MOUNT + "/", MDT, USER, run=run).poll() == ([Change(K.CLOSED, "d/f", is_dir=False)], 1)
+
+
+# ---- record times and the cursor ---------------------------------------------------------------
+
+def test_record_time_is_read_as_lfs_prints_it():
+    """lfs prints a record's time in local time, nanoseconds after the seconds."""
+    import time
+
+    assert parse_line(line(1, "CREAT", F, ROOT, "f")).time == time.mktime((2026, 3, 16, 10, 0, 0, 0, 0, -1))
+    rec = parse_line(b"5 01CREAT 23:59:58.500000000 2026.12.31 0x0 t=[%s] p=[%s] f" % (F.encode(), ROOT.encode()))
+    assert rec.time == time.mktime((2026, 12, 31, 23, 59, 58, 0, 0, -1)) + 0.5
+    assert parse_line(b"5 01CREAT 25:99:99 2026.13.45 0x0 t=[%s]" % F.encode()).time is None
+
+
+def test_changes_carry_their_first_record_time_and_the_cursor_lag_follows_clears(lfs):
+    import time
+
+    lfs.changelog(*[R("MTIME", F) for _ in range(3)])
+    lfs.flag("cleared", f"{MDT} {USER} 3\n")
+    lfs.raw(b"4 01CREAT 11:00:00.000000000 2026.03.16 0x0 t=[%s] p=[%s] f" % (F.encode(), ROOT.encode()),
+            b"5 11CLOSE 11:00:05.000000000 2026.03.16 0x242 t=[%s]" % F.encode())
+    lfs.paths([(F, "f")])
+    src = lfs.source()
+    changes, last = src.poll()
+    at = time.mktime((2026, 3, 16, 11, 0, 0, 0, 0, -1))
+    assert [(c.kind, c.time) for c in changes] == [(K.CREATED, at), (K.CLOSED, at + 5)]
+    assert (last, src.records_read, src.cursor_lag) == (5, 2, 2)  # read 4 and 5, cleared up to 3
+    src.clear(last)
+    assert src.cursor_lag == 0

@@ -321,3 +321,32 @@ def test_associations_key_is_checked_item_by_item(tmp_path):
     with pytest.raises(ConfigError, match=r"key 'associations' in site.yaml: item 0: expected file_system_path"):
         resolve({"associations": [{"file_system_path": "/r", "bucket": "b"}]}, {"fs_root": str(tmp_path)},
                 "site.yaml", need_repository=False)
+
+
+# ---- metrics.listen ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("raw, host, port", [
+    ("127.0.0.1:9817", "127.0.0.1", 9817),
+    ("localhost:9817", "localhost", 9817),
+    ("[::1]:9817", "::1", 9817),
+    ("0.0.0.0:0", "0.0.0.0", 0),  # 0: any free port (the status file names it)
+])
+def test_metrics_listen(tmp_path, root, raw, host, port):
+    p = write(tmp_path, f"fs_root: {root}\nmetrics:\n  listen: '{raw}'\n")
+    cfg = load(p, {}, need_repository=False)
+    assert (cfg.metrics.host, cfg.metrics.port) == (host, port)
+    assert cfg.metrics.listen == raw
+
+
+def test_metrics_are_off_by_default(root):
+    cfg = resolve({"fs_root": root}, {}, None, need_repository=False)
+    assert cfg.metrics.listen == "" and cfg.metrics.port is None
+
+
+@pytest.mark.parametrize("raw", ["9817", "127.0.0.1", "127.0.0.1:", ":9817", "127.0.0.1:http", "127.0.0.1:70000",
+                                 "::1:9817", "[::1]9817", "host name:9817", 9817])
+def test_bad_metrics_listen_names_key_and_file(root, raw):
+    with pytest.raises(ConfigError) as ei:
+        resolve({"fs_root": root, "metrics.listen": raw}, {}, "/etc/ae.yaml", need_repository=False)
+    msg = str(ei.value)
+    assert "'metrics.listen'" in msg and "/etc/ae.yaml" in msg and "HOST:PORT" in msg

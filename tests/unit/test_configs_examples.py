@@ -26,3 +26,9 @@ def test_example_config_loads(path, tmp_path):
     else:
         assert cfg.repository.bucket and cfg.repository.prefix.endswith("/")
     assert cfg.transfer.part_size % (1 << 20) == 0
+
+
+def test_the_service_example_serves_metrics_on_loopback(tmp_path):
+    (path,) = [p for p in CONFIGS if os.path.basename(p) == "auto-export.yaml"]
+    cfg = resolve(load_yaml(path), {"fs_root": str(tmp_path)}, path, need_repository=False)
+    assert cfg.metrics.host == "127.0.0.1" and cfg.metrics.port > 0
