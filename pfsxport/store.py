@@ -22,7 +22,7 @@ import time
 import uuid
 import zlib
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 from urllib.parse import quote
 from xml.sax.saxutils import escape, unescape
 
@@ -504,6 +504,15 @@ def _translate_transport_error(op: str, e: Exception) -> StoreError:
     return out
 
 
+class SignedRequest(NamedTuple):
+    """A request signed by _Signed.sign: the target (path and query) and the headers to send,
+    with the canonical request whose hash was signed."""
+
+    target: str
+    headers: dict[str, str]
+    canonical: str
+
+
 class _Signed:
     """Requests signed here (AWS Signature V4) and sent on an httpconn pool: PutObject, the
     multipart steps (create, part, complete, abort), HeadBucket, HeadObject, DeleteObject;
@@ -518,12 +527,13 @@ class _Signed:
     AWS's own (as botocore does with 'auto')."""
 
     def __init__(self, pool, prefix: str, host: str, credentials, region: str, sign_payload: bool = True):
-        self.pool = pool
+        self.pool = pool  # sends: anything with httpconn.Pool's request()
         self.prefix = prefix  # "/bucket/" (path style) or "/" (virtual host)
         self.host = host
         self.credentials = credentials
         self.region = region
         self.sign_payload = sign_payload  # else UNSIGNED-PAYLOAD: the body is not hashed at either end
+        self.clock = time.gmtime  # the signing time (UTC), a seam for the signature tests
         self._keys: dict[tuple[str, str], bytes] = {}
 
     @classmethod
@@ -567,29 +577,40 @@ class _Signed:
             self._keys = {(secret, date): k}
         return k
 
-    def request(self, op: str, method: str, key: str | None, body: bytes = b"",
-                headers: dict[str, str] | None = None, query: dict[str, str] | None = None):
-        """One signed request on the bucket (key None) or an object, with an optional query;
-        raises the StoreError tree for any answer but 2xx."""
+    def sign(self, method: str, key: str | None, body: bytes = b"", headers: dict[str, str] | None = None,
+             query: dict[str, str] | None = None) -> SignedRequest:
+        """The request on the bucket (key None) or an object, signed at self.clock(): its
+        target and every header to send but Content-Length (the pool adds it, unsigned).
+        Header names are sent in lower case; values are signed as SigV4 reads them (trimmed,
+        each run of white space one space)."""
         creds = self.credentials.get_frozen_credentials()
-        amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        amz_date = time.strftime("%Y%m%dT%H%M%SZ", self.clock())
         payload = hashlib.sha256(body).hexdigest() if self.sign_payload else "UNSIGNED-PAYLOAD"
         uri = self.prefix + quote(key.encode("utf-8"), safe="/~") if key is not None else \
             (self.prefix.rstrip("/") or "/")
-        h = {"host": self.host, "x-amz-date": amz_date, "x-amz-content-sha256": payload, **(headers or {})}
+        h = {"host": self.host, "x-amz-date": amz_date, "x-amz-content-sha256": payload}
+        if headers:
+            h.update({k.lower(): v for k, v in headers.items()})  # canonical names are lower case
         if creds.token:
             h["x-amz-security-token"] = creds.token
         names = sorted(h)
         q = "&".join(f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted(query.items())) \
             if query else ""
-        canonical = "\n".join((method, uri, q, "".join(f"{n}:{h[n].strip()}\n" for n in names), ";".join(names),
-                               payload))
+        values = "".join([f"{n}:{' '.join(h[n].split())}\n" for n in names])
+        canonical = "\n".join((method, uri, q, values, ";".join(names), payload))
         scope = f"{amz_date[:8]}/{self.region}/s3/aws4_request"
         to_sign = f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
         sig = hmac.new(self._signing_key(creds.secret_key, amz_date[:8]), to_sign.encode(), hashlib.sha256).hexdigest()
         h["authorization"] = (f"AWS4-HMAC-SHA256 Credential={creds.access_key}/{scope}, "
                               f"SignedHeaders={';'.join(names)}, Signature={sig}")
-        r = self.pool.request(method, f"{uri}?{q}" if q else uri, h, body)
+        return SignedRequest(f"{uri}?{q}" if q else uri, h, canonical)
+
+    def request(self, op: str, method: str, key: str | None, body: bytes = b"",
+                headers: dict[str, str] | None = None, query: dict[str, str] | None = None):
+        """One signed request (see sign()) sent on the pool; raises the StoreError tree for
+        any answer but 2xx."""
+        target, h, _ = self.sign(method, key, body, headers, query)
+        r = self.pool.request(method, target, h, body)
         if 200 <= r.status < 300:
             return r
         text = r.data.decode("utf-8", "replace")
