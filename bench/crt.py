@@ -416,6 +416,8 @@ def main() -> int:
     if a.worker:
         print(json.dumps(worker(json.loads(a.worker))), flush=True)
         return 0
+    if a.part_size < 5 and a.parts > 1:
+        ap.error("--part-size: S3 takes parts of 5 MiB at least (but the last)")
     from pfsxport.localstore import SeaweedFS
 
     clients = a.clients.split(",")
@@ -423,7 +425,7 @@ def main() -> int:
     out = a.out or tempfile.mkdtemp(prefix="pfsxport-bench-crt-")
     os.makedirs(out, exist_ok=True)
     runs: list[dict] = []
-    with SeaweedFS(os.path.join(tempfile.mkdtemp(prefix="pfsxport-bench-crt-weed-"))) as s3:
+    with SeaweedFS() as s3:  # in a temporary directory, removed at the end
         print(f"== SeaweedFS at {s3.endpoint} (pid {s3.proc.pid}); logs in {out}", flush=True)
         for rep in range(a.repeat):
             order = clients[rep % len(clients):] + clients[:rep % len(clients)]
