@@ -8,8 +8,9 @@ from __future__ import annotations
 import os
 import stat
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import ErrorCode
 from ..lustre import LayoutSource
@@ -30,7 +31,7 @@ class TransferOptions:
     body_budget: int = 0  # bytes of single-PUT bodies a rank holds at once (0: no cap)
 
     @classmethod
-    def of(cls, t, max_object_size: int) -> "TransferOptions":
+    def of(cls, t, max_object_size: int) -> TransferOptions:
         """From the transfer settings: single-PUT bodies may hold as much memory as the
         parts in flight."""
         return cls(t.part_size, t.multipart_threshold, max_object_size, t.batch_entries, t.busy_retries,

@@ -186,7 +186,7 @@ class Multipart:
                 time.sleep(0.05 * 2 ** unit.attempt)
                 out.units.append(LargeFileUnit(e, unit.attempt + 1))
                 return out
-            code, message = ErrorCode.RESOURCEBUSY.value, BUSY
+            code, message = ErrorCode.RESOURCE_BUSY.value, BUSY
         out.rows.append(ReportRow(e.path, e.kind.value, e.size, RowStatus.FAILED, code, parts=len(unit.parts),
                                   retries=unit.retries + self.ctx.store.take_retries(), rank=self.ctx.rank,
                                   osts=",".join(map(str, unit.osts)),

@@ -86,7 +86,8 @@ class Scanner:
         else:
             unchanged = count = matched = 0
             for items in itertools.chain([res.items], res.more):
-                previous = self.ctx.manifest.entries(unit.path, [name for name, _ in items]) if self.ctx.manifest else {}
+                names = [name for name, _ in items]
+                previous = self.ctx.manifest.entries(unit.path, names) if self.ctx.manifest else {}
                 matched += len(previous)
                 unchanged += self._compare(unit, items, previous, changed, dirs)
                 count += len(items)
@@ -121,7 +122,8 @@ class Scanner:
                     dirs.append(DirUnit(prefix + os.fsdecode(name)))
                 continue
             e = Entry.from_stat(prefix + os.fsdecode(name), st)
-            left_alone = self.ctx.passed is not None and self.ctx.passed.get(e.path) == e.rec()  # by the policy, unchanged
+            # left alone by the policy before, and unchanged since
+            left_alone = self.ctx.passed is not None and self.ctx.passed.get(e.path) == e.rec()
             wanted = not left_alone and self._wanted(e, before is None)
             if walk:  # its own object goes first, then its children (DirUnit.entry)
                 dirs.append(DirUnit(e.path, entry=e if wanted else None))

@@ -19,7 +19,7 @@ from ..metadata import content_type, fsx_headers, key_error, object_key, printab
 from ..model import CopyUnit, Entry, EntryKind, LargeFileUnit, ReportRow, RowStatus, UnitOutcome
 from ..plan import S3_MAX_PUT as S3_MAX_COPY
 from ..walk import OutsideRoot, read_range, same_file, snapshot_of
-from .context import UNBUDGETED, BUSY, KEY_MESSAGES, TEST_DELAY, TEST_KILL_AT, Context, test_kill
+from .context import BUSY, KEY_MESSAGES, TEST_DELAY, TEST_KILL_AT, UNBUDGETED, Context, test_kill
 
 log = logging.getLogger("pfsxport")
 
@@ -100,7 +100,7 @@ class Upload:
 
     def _unreadable(self, e: Entry, err: OSError) -> ReportRow:
         if err.errno == errno.ELOOP:  # replaced by a symlink since the walk
-            return self.ctx.row(e, RowStatus.FAILED, ErrorCode.RESOURCEBUSY,
+            return self.ctx.row(e, RowStatus.FAILED, ErrorCode.RESOURCE_BUSY,
                              message="the file was replaced while being exported")
         if isinstance(err, OutsideRoot):
             log.warning("not read: %s leads outside %s (a directory on its path was replaced by a symlink)",
@@ -116,7 +116,7 @@ class Upload:
                 st = os.fstat(fd)
                 fresh = Entry.from_stat(e.path, st)
                 if fresh.kind is not EntryKind.FILE:
-                    return self.ctx.row(e, RowStatus.FAILED, ErrorCode.RESOURCEBUSY,
+                    return self.ctx.row(e, RowStatus.FAILED, ErrorCode.RESOURCE_BUSY,
                                      message="the entry changed type while being exported")
                 if st.st_size > self.ctx.opts.multipart_threshold:
                     return LargeFileUnit(fresh)
@@ -141,7 +141,7 @@ class Upload:
             return ReportRow(e.path, fresh.kind.value, fresh.size, RowStatus.SUCCEEDED, bytes=len(data),
                              parts=1, checksum=checksum.fmt(crc), retries=self.ctx.store.take_retries() + attempt,
                              rank=self.ctx.rank)
-        return self.ctx.row(e, RowStatus.FAILED, ErrorCode.RESOURCEBUSY, retries=self.ctx.opts.busy_retries,
+        return self.ctx.row(e, RowStatus.FAILED, ErrorCode.RESOURCE_BUSY, retries=self.ctx.opts.busy_retries,
                          message=BUSY)
 
     # ---- hard links ------------------------------------------------------------------
@@ -156,11 +156,13 @@ class Upload:
         try:
             fresh = Entry.from_stat(e.path, os.lstat(self.ctx.abspath(e.path)))
         except FileNotFoundError:
-            return UnitOutcome(unit.uid, rows=[self.ctx.row(e, RowStatus.SKIPPED, message="gone before it was exported")])
+            gone = self.ctx.row(e, RowStatus.SKIPPED, message="gone before it was exported")
+            return UnitOutcome(unit.uid, rows=[gone])
         if fresh.snapshot() != e.snapshot() or key_error(key) is not None or fresh.size > S3_MAX_COPY:
             return self._as_upload(unit, fresh)
         try:
-            self.ctx.store.copy_object(self.ctx.repo.key(unit.source), key, fsx_headers(fresh), content_type(fresh.kind))
+            self.ctx.store.copy_object(self.ctx.repo.key(unit.source), key, fsx_headers(fresh),
+                                       content_type(fresh.kind))
         except StoreError as err:  # its retries count on the upload that replaces it
             log.info("server-side copy to %s failed (%s); uploading it instead", key, err)
             return self._as_upload(unit, fresh)
