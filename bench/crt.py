@@ -147,7 +147,8 @@ class CrtClient:
     def __init__(self, spec: dict):
         from urllib.parse import quote, urlsplit
 
-        from awscrt import auth, http, io as crtio
+        from awscrt import auth, http
+        from awscrt import io as crtio
 
         self.auth, self.http, self.quote = auth, http, quote
         u = urlsplit(spec["endpoint"])

@@ -89,8 +89,18 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
 import run as benchrun  # noqa: E402  (bench/run.py: datasets, measuring, SeaweedFS helpers)
-from run import (CA_VARS, KiB, build_dataset, delete_bucket, list_bucket, machine,  # noqa: E402
-                 mpiexec_binary, prepare_bucket, run_measured, wait_idle)
+from run import (  # noqa: E402
+    CA_VARS,
+    KiB,
+    build_dataset,
+    delete_bucket,
+    list_bucket,
+    machine,
+    mpiexec_binary,
+    prepare_bucket,
+    run_measured,
+    wait_idle,
+)
 
 from pfsxport.localstore import ACCESS_KEY, SECRET_KEY, SeaweedFS  # noqa: E402
 
@@ -498,9 +508,9 @@ def entry_costs(root: str, state: str, repeat: int = 3) -> dict:
     Entry per child), Reader.directory (manifest read per directory), Transfer.scan (both and the compare), and a
     lean variant of the whole per-directory check (bytes names, stat tuples compared to the manifest's
     rows directly, no Entry objects) that shows what the Python per-entry floor is."""
+    from pfsxport.export import Transfer
     from pfsxport.manifest import Reader
     from pfsxport.model import DirUnit
-    from pfsxport.export import Transfer
     from pfsxport.walk import Root, scan_dir
 
     dbs = glob.glob(os.path.join(state, "manifests", "*", "manifest.sqlite"))

@@ -65,8 +65,9 @@ import tracemalloc
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from pfsxport.export import scan as transfer_mod
 from pfsxport.config import TransferSettings
+from pfsxport.export import Transfer, TransferOptions
+from pfsxport.export import scan as transfer_mod
 from pfsxport.lustre import LayoutSource
 from pfsxport.model import (
     BatchUnit,
@@ -82,7 +83,6 @@ from pfsxport.model import (
 )
 from pfsxport.plan import S3_MAX_OBJECT, GiB, KiB, MiB, plan_parts
 from pfsxport.schedule import STOP, WAIT, Scheduler
-from pfsxport.export import Transfer, TransferOptions
 from pfsxport.walk import ScanResult
 
 FS_ROOT = "/synthetic/fs"

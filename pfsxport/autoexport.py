@@ -41,6 +41,7 @@ from .config import ExportConfig
 from .dra import Association, AssociationLifecycle
 from .errors import ErrorCode, StoreError
 from .eventlog import INTERNAL_AUTO_EXPORT, EventLog, export_code, export_message, log_path
+from .export import Transfer, TransferOptions
 from .lustre import LayoutSource
 from .manifest import Manifest, manifest_dir
 from .metadata import one_line, parse_s3_url, printable
@@ -49,7 +50,6 @@ from .parallel import SOLO, run_work
 from .schedule import STOP, Scheduler
 from .state import StateDir, write_json_atomic
 from .store import S3Store
-from .export import Transfer, TransferOptions
 from .walk import symlink_on_path
 from .worker import Worker
 
@@ -92,7 +92,7 @@ class BatchResult:
     rescan_end: float = 0.0  # and when it ended (Unix time)
 
     @classmethod
-    def of(cls, stamped: list[tuple[ReportRow, float]], dirty: dict[str, float], rescan: bool) -> "BatchResult":
+    def of(cls, stamped: list[tuple[ReportRow, float]], dirty: dict[str, float], rescan: bool) -> BatchResult:
         """From the rows of a batch, each with the time it arrived (durable by then), and the
         backlog it ran for (directory -> oldest pending change)."""
         out = cls()

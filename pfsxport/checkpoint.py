@@ -65,7 +65,7 @@ class ExportOnSignal:
             self._thread.join(timeout)
         return self.exit_code
 
-    def __enter__(self) -> "ExportOnSignal":
+    def __enter__(self) -> ExportOnSignal:
         self._previous = signal.signal(self.signum, self._handler)
         return self
 

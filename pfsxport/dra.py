@@ -57,7 +57,7 @@ class Association:
         return d
 
     @classmethod
-    def from_fsx(cls, d: dict) -> "Association":
+    def from_fsx(cls, d: dict) -> Association:
         return cls(d["AssociationId"], d["FileSystemId"], d["FileSystemPath"], d["DataRepositoryPath"],
                    list(d.get("S3", {}).get("AutoExportPolicy", {}).get("Events", [])),
                    AssociationLifecycle(d["Lifecycle"]), d.get("FailureDetails", {}).get("Message"),

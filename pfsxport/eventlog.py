@@ -77,7 +77,9 @@ class EventLog:
         self.counts[level] = self.counts.get(level, 0) + 1
         if not self.level.admits(level):
             return
-        rec = {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z",
+        now = time.time()
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
+        rec = {"timestamp": stamp,
                "level": level, "eventCode": code, "message": message, "fileSystemId": self.file_system_id}
         rec.update({k: v for k, v in fields.items() if v is not None})
         line = json.dumps(rec, ensure_ascii=False) + "\n"

@@ -67,7 +67,7 @@ class SeaweedFS:
         self.endpoint = ""
         self.ports: list[int] = []
 
-    def start(self) -> "SeaweedFS":
+    def start(self) -> SeaweedFS:
         """Start on fresh free ports; a start that fails (a port taken meanwhile, a server
         that never answers) is tried once more on other ports before giving up."""
         try:
@@ -80,14 +80,14 @@ class SeaweedFS:
                 self.stop()
                 raise RuntimeError(f"{second} (an earlier attempt failed too: {first})") from None
 
-    def _start(self, data: str) -> "SeaweedFS":
+    def _start(self, data: str) -> SeaweedFS:
         os.makedirs(os.path.join(self.workdir, data), exist_ok=True)
         auth = os.path.join(self.workdir, "s3.json")
         with open(auth, "w") as f:
             json.dump({"identities": [{"name": "pfsxport", "credentials": [
                 {"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
                 "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}, f)
-        ports = dict(zip(_PORTS, free_ports(len(_PORTS))))
+        ports = dict(zip(_PORTS, free_ports(len(_PORTS)), strict=True))
         self.ports = list(ports.values())
         self._remove_sockets()  # left by a killed server that had one of these ports
         # every bucket is a collection that takes 7 volumes at its first write: room for ~280
@@ -187,7 +187,7 @@ class SeaweedFS:
         if self._tmp:
             shutil.rmtree(self._tmp, ignore_errors=True)
 
-    def __enter__(self) -> "SeaweedFS":
+    def __enter__(self) -> SeaweedFS:
         return self.start()
 
     def __exit__(self, *exc) -> None:

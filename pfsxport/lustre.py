@@ -232,7 +232,7 @@ def split_getstripe(stdout: str, args: list[str], stderr: str = "", complete: bo
     named = _named_in(stderr, args)
     expected = [a for a in args if a not in named]
     if len(sections) == len(expected) or (truncated and len(sections) < len(expected)):
-        pairs = list(zip(expected, sections))  # (killed part way, it answered a prefix)
+        pairs = list(zip(expected, sections, strict=False))  # (killed part way, it answered a prefix)
     elif not complete and named:
         # releases that stop at the first hard error: everything before the last argument
         # that stderr names was answered, nothing after it
@@ -240,7 +240,7 @@ def split_getstripe(stdout: str, args: list[str], stderr: str = "", complete: bo
         before = [a for a in args[:last] if a not in named]
         if len(sections) != len(before):
             return None
-        pairs = list(zip(before, sections))
+        pairs = list(zip(before, sections, strict=True))
     else:
         return None
     for a, s in pairs:
@@ -343,7 +343,7 @@ class LayoutSource:
         got = got or {}
         out = {}
         unknown = 0
-        for p, a in zip(chunk, args):
+        for p, a in zip(chunk, args, strict=True):
             lay = got.get(a)
             if lay is None:
                 unknown += 1

@@ -36,8 +36,8 @@ import shutil
 import sqlite3
 import threading
 import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
 
 from .errors import StateError, corrupt, unusable
 

@@ -17,8 +17,16 @@ from __future__ import annotations
 import errno
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, \
-    disable_created_metrics, start_http_server, write_to_textfile
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+    start_http_server,
+    write_to_textfile,
+)
 
 from .dra import AssociationLifecycle
 from .errors import ConfigError
@@ -40,7 +48,7 @@ def write_textfile(registry: CollectorRegistry, path: str) -> None:
 class AssociationMetrics:
     """One association's series; `forget()` removes them all (the association was deleted)."""
 
-    def __init__(self, m: "ServiceMetrics", assoc: "Association"):
+    def __init__(self, m: ServiceMetrics, assoc: Association):
         self.m = m
         self.labels = (m.file_system_id, assoc.association_id)
         self.children: list[tuple] = []  # (metric, label values) made, for forget()
@@ -70,7 +78,7 @@ class AssociationMetrics:
         if coalesced:
             self._child(self.m.coalesced).inc(coalesced)
 
-    def batch(self, result: "BatchResult") -> None:
+    def batch(self, result: BatchResult) -> None:
         m = self.m
         self._child(m.batches).inc()
         for metric, n in ((m.exported, result.exported), (m.exported_bytes, result.exported_bytes),
@@ -143,7 +151,7 @@ class ServiceMetrics:
         self._server = None
         self._thread = None
 
-    def association(self, assoc: "Association") -> AssociationMetrics:
+    def association(self, assoc: Association) -> AssociationMetrics:
         got = self.associations.get(assoc.association_id)
         if got is None:
             got = self.associations[assoc.association_id] = AssociationMetrics(self, assoc)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
-from typing import Iterator
+from collections.abc import Iterator
 
 from .errors import StateError, unusable
 from .metadata import printable

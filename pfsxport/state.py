@@ -24,9 +24,10 @@ import secrets
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 from .errors import ConfigError, ExitCode, StateError, TaskError, corrupt, unusable
 from .lifecycle import Counts, TaskLifecycle, transition
@@ -150,7 +151,7 @@ class TaskRecord:
         return d
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "TaskRecord":
+    def from_json(cls, d: dict[str, Any]) -> TaskRecord:
         st = d.get("Status", {})
         owner = d.get("Owner", {})
         return cls(

@@ -21,15 +21,15 @@ import threading
 import time
 import uuid
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator, NamedTuple
+from typing import Any, NamedTuple
 from urllib.parse import quote
 from xml.sax.saxutils import escape, unescape
 
 from . import httpconn
 from .config import S3Settings
-from .errors import (AccessDenied, NoSuchBucket, NoSuchUpload, RetryableStoreError, StoreError,
-                     StoreUnreachable)
+from .errors import AccessDenied, NoSuchBucket, NoSuchUpload, RetryableStoreError, StoreError, StoreUnreachable
 
 log = logging.getLogger("pfsxport")
 
@@ -60,7 +60,7 @@ class _EnvCredentials:
     secret_key: str
     token: str | None
 
-    def get_frozen_credentials(self) -> "_EnvCredentials":
+    def get_frozen_credentials(self) -> _EnvCredentials:
         return self
 
 
@@ -488,8 +488,13 @@ def _translate_transport_error(op: str, e: Exception) -> StoreError:
         return out
     transient: tuple[type, ...] = (OSError,)  # resets, timeouts, refused connections, ...
     if "botocore" in sys.modules:
-        from botocore.exceptions import (ConnectionClosedError, ConnectTimeoutError, EndpointConnectionError,
-                                         ReadTimeoutError, ResponseStreamingError)
+        from botocore.exceptions import (
+            ConnectionClosedError,
+            ConnectTimeoutError,
+            EndpointConnectionError,
+            ReadTimeoutError,
+            ResponseStreamingError,
+        )
         from botocore.exceptions import ConnectionError as BotoConnectionError
 
         transient += (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError, ConnectionClosedError,
@@ -537,7 +542,7 @@ class _Signed:
         self._keys: dict[tuple[str, str], bytes] = {}
 
     @classmethod
-    def for_store(cls, store: "S3Store") -> "_Signed | None":
+    def for_store(cls, store: S3Store) -> _Signed | None:
         import urllib.parse
         import urllib.request
 

@@ -14,9 +14,9 @@ import uuid
 import boto3
 import botocore.config
 import pytest
+from slurmcluster import slurm  # noqa: F401  (the session fixture of a private single-node Slurm)
 
 from pfsxport.localstore import SeaweedFS, free_ports, http_ready
-from slurmcluster import slurm  # noqa: F401  (the session fixture of a private single-node Slurm)
 
 BIN = os.path.dirname(sys.executable)
 MPIEXEC = os.path.join(BIN, "mpiexec") if os.path.exists(os.path.join(BIN, "mpiexec")) else shutil.which("mpiexec")

@@ -38,9 +38,9 @@ import socket
 import ssl
 import struct
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
 from urllib.parse import parse_qs, urlsplit
 
 KINDS = ("slowdown", "internal", "reset", "delay", "cut")
@@ -162,7 +162,7 @@ class FaultProxy:
         scheme = "https" if self.tls is not None else "http"
         return f"{scheme}://127.0.0.1:{self._server.server_address[1]}"
 
-    def start(self) -> "FaultProxy":
+    def start(self) -> FaultProxy:
         handler = type("Handler", (_Handler,), {"proxy": self, "timeout": self.client_timeout})
         server = _Server(("127.0.0.1", 0), handler)
         self._server = server
@@ -187,7 +187,7 @@ class FaultProxy:
         self._thread.join(10)
         self._server = None
 
-    def __enter__(self) -> "FaultProxy":
+    def __enter__(self) -> FaultProxy:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -442,7 +442,7 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
         r = self._run(["sinfo", "-h", "-N", "-n", self.node, "-o", "%T"], timeout=10, check=False)
         return (r.stdout.split() or [""])[0]
 
-    def start(self) -> "SlurmCluster":
+    def start(self) -> SlurmCluster:
         t0 = time.monotonic()
         self._write_config()
         # munged: a private key and socket

@@ -13,9 +13,9 @@ import urllib.request
 
 import pytest
 from conftest import list_keys, pfsxport, run_export
+from treeutil import assert_bucket_matches_tree, posix_headers, settle_atimes
 
 from pfsxport.config import file_system_id_for
-from treeutil import assert_bucket_matches_tree, posix_headers, settle_atimes
 
 
 def eventually(check, timeout: float = 60.0, what: str = "", show=None):
@@ -71,7 +71,7 @@ class Service:
     def describe(self, aid: str) -> dict:
         return self.dra("describe", aid)["Associations"][0]
 
-    def start(self, env: dict | None = None, wait: bool = True) -> "Service":
+    def start(self, env: dict | None = None, wait: bool = True) -> Service:
         """Start the service and wait until its first scan is done (`env`: test hooks that
         may end it sooner; `wait=False`: a service that cannot finish it yet)."""
         os.makedirs(self.state, exist_ok=True)
@@ -114,7 +114,7 @@ class Service:
             self.proc.wait(30)
         return self.proc.returncode
 
-    def metrics(self) -> "Scrape":
+    def metrics(self) -> Scrape:
         """GET the service's /metrics over HTTP (its address is in the status file), parsed
         with prometheus_client's own parser."""
         url = eventually(lambda: self.status().get("Metrics"), 30, "the metrics address")

@@ -8,7 +8,6 @@ import os
 
 import h5py
 import pytest
-
 from conftest import describe, list_keys, run_export, task_id_of
 from treeutil import PART, assert_bucket_matches_tree, build_hard_tree
 

@@ -9,8 +9,8 @@ import threading
 import time
 
 import pytest
-
 from conftest import describe, export_cmd, list_keys, pfsxport, run_export, task_id_of
+
 from pfsxport.localstore import free_ports
 
 

@@ -10,7 +10,6 @@ import os
 import shutil
 
 import pytest
-
 from conftest import list_keys, run_export, task_id_of
 from layoututil import comp, composite, sub
 from treeutil import assert_bucket_matches_tree

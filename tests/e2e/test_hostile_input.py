@@ -6,7 +6,6 @@ import json
 import os
 
 import pytest
-
 from conftest import describe, list_keys, pfsxport, run_export, task_id_of
 from test_export_outcomes import args, small_tree
 

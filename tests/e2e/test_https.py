@@ -7,7 +7,6 @@ project's proxy (tests/faultproxy.py, no faults) in front of SeaweedFS."""
 from __future__ import annotations
 
 import pytest
-
 from conftest import describe, task_id_of
 from faultproxy import FaultProxy, is_put
 from test_faults import export, make_tree, open_uploads

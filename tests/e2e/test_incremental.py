@@ -14,7 +14,6 @@ import threading
 import time
 
 import pytest
-
 from conftest import describe, export_cmd, list_keys, run_export, task_id_of
 from treeutil import assert_bucket_matches_tree, settle_atimes
 

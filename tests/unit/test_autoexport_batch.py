@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pfsxport.autoexport import BatchResult, Runner
 from pfsxport.dra import Association
-from pfsxport.model import ReportRow, RowStatus as S
+from pfsxport.model import ReportRow
+from pfsxport.model import RowStatus as S
 
 
 def row(path, status, kind="file", size=10, code=""):

@@ -10,9 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from pfsxport.export import Transfer, TransferOptions
 from pfsxport.metadata import S3Url
 from pfsxport.model import Entry, RowStatus
-from pfsxport.export import Transfer, TransferOptions
 
 KiB = 1 << 10
 

@@ -11,7 +11,7 @@ from pfsxport.checksum import combine_all, crc32_combine, fmt
 
 def _split(data: bytes, cuts: list[int]) -> list[bytes]:
     bounds = [0] + sorted(cuts) + [len(data)]
-    return [data[a:b] for a, b in zip(bounds, bounds[1:])]
+    return [data[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
 
 
 def _parts(chunks: list[bytes]) -> list[tuple[int, int]]:

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from pfsxport.config import (MAX_TASK_PATHS, ExportConfig, file_system_id_for, load, load_yaml, resolve)
+from pfsxport.config import MAX_TASK_PATHS, ExportConfig, file_system_id_for, load, load_yaml, resolve
 from pfsxport.errors import ConfigError, ExitCode
 from pfsxport.plan import GiB, MiB
 
@@ -142,7 +142,7 @@ def test_unreadable_path_is_a_config_error(tmp_path):
     ("paths", ["ok", "bad\nname"], "forbidden"),
     ("paths", ["nul\0"], "forbidden"),
     ("paths", ["x\u2028y"], "forbidden"),
-    ("paths", ["p%d" % i for i in range(MAX_TASK_PATHS + 1)], str(MAX_TASK_PATHS)),
+    ("paths", [f"p{i}" for i in range(MAX_TASK_PATHS + 1)], str(MAX_TASK_PATHS)),
     ("paths", ["a" * 4097], "4096"),
 ])
 def test_bad_value_names_key_and_file(root, key, raw, fragment):

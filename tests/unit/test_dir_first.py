@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import os
 
+from test_body_budget import HoldingStore
+
+from pfsxport.export import Transfer, TransferOptions
 from pfsxport.metadata import S3Url
 from pfsxport.model import BatchUnit, DirUnit, RowStatus
-from pfsxport.export import Transfer, TransferOptions
-
-from test_body_budget import HoldingStore
 
 
 def test_a_new_directory_object_goes_before_its_children(tmp_path):

@@ -5,8 +5,14 @@ import re
 
 import pytest
 
-from pfsxport.dra import (MAX_ASSOCIATIONS, Association, AssociationLifecycle, new_association_id,
-                          normalize_events, validate_new)
+from pfsxport.dra import (
+    MAX_ASSOCIATIONS,
+    Association,
+    AssociationLifecycle,
+    new_association_id,
+    normalize_events,
+    validate_new,
+)
 from pfsxport.errors import ConfigError
 
 
@@ -74,7 +80,8 @@ def test_declared_associations_are_created_once_and_take_the_declared_policy():
     from pfsxport.dra import declare
 
     existing: list = []
-    added = declare(existing, "fs-0123456789abcdef0", [("/results", "s3://bkt/r", ["NEW"]), ("/ckpt/", "s3://bkt/c/", [])])
+    added = declare(existing, "fs-0123456789abcdef0",
+                    [("/results", "s3://bkt/r", ["NEW"]), ("/ckpt/", "s3://bkt/c/", [])])
     assert [(a.file_system_path, a.data_repository_path, a.events) for a in existing] == [
         ("/results", "s3://bkt/r/", ["NEW"]), ("/ckpt", "s3://bkt/c/", [])]
     assert added == existing and all(a.lifecycle.value == "AVAILABLE" for a in existing)

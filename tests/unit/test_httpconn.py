@@ -9,10 +9,10 @@ import threading
 import time
 
 import pytest
+from tlscert import make_certs
 
 from pfsxport.httpconn import BadAnswer, ConnectFailed, Pool
 from pfsxport.localstore import free_ports
-from tlscert import make_certs
 
 
 class Scripted:

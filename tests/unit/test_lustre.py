@@ -7,6 +7,7 @@ import os
 import sys
 
 import pytest
+from layoututil import comp, composite, sub
 
 from pfsxport.lustre import (
     CHUNK_BYTES,
@@ -17,8 +18,6 @@ from pfsxport.lustre import (
     split_getstripe,
 )
 from pfsxport.model import Component, StripeLayout
-
-from layoututil import comp, composite, sub
 
 MiB = 1 << 20
 

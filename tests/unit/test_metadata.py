@@ -4,8 +4,19 @@ from __future__ import annotations
 import pytest
 
 from pfsxport.errors import ConfigError, ErrorCode
-from pfsxport.metadata import (DIRECTORY_CONTENT_TYPE, OBJECT_CONTENT_TYPE, USER_AGENT, S3Url, content_type,
-                               fsx_headers, key_error, object_key, parse_s3_url, permissions, printable)
+from pfsxport.metadata import (
+    DIRECTORY_CONTENT_TYPE,
+    OBJECT_CONTENT_TYPE,
+    USER_AGENT,
+    S3Url,
+    content_type,
+    fsx_headers,
+    key_error,
+    object_key,
+    parse_s3_url,
+    permissions,
+    printable,
+)
 from pfsxport.model import Entry, EntryKind
 
 

@@ -4,9 +4,18 @@ from __future__ import annotations
 import pytest
 
 from pfsxport.model import Component, StripeLayout, default_layout
-from pfsxport.plan import (GiB, KiB, MiB, S3_MAX_PART, S3_MAX_PARTS, S3_MIN_PART, TiB, parse_size, part_size_for,
-                           plan_parts)
-
+from pfsxport.plan import (
+    S3_MAX_PART,
+    S3_MAX_PARTS,
+    S3_MIN_PART,
+    GiB,
+    KiB,
+    MiB,
+    TiB,
+    parse_size,
+    part_size_for,
+    plan_parts,
+)
 
 # ---- part_size_for -------------------------------------------------------------------------
 

@@ -8,8 +8,17 @@ import os
 import pytest
 
 from pfsxport.model import ReportRow, RowStatus
-from pfsxport.report import (COLUMNS, FAILURES, REPORT_CSV, REPORT_H5, ReportWriter, csv_field, failure_line,
-                             report_line, write_h5)
+from pfsxport.report import (
+    COLUMNS,
+    FAILURES,
+    REPORT_CSV,
+    REPORT_H5,
+    ReportWriter,
+    csv_field,
+    failure_line,
+    report_line,
+    write_h5,
+)
 
 
 def row(path="dir1/myLargeFile", status=RowStatus.FAILED, error_code="S3AccessDenied", **kw) -> ReportRow:
@@ -98,7 +107,7 @@ def test_report_line_columns_round_trip():
     assert line.endswith("\n")
     [fields] = _read_csv(line)
     assert len(fields) == len(COLUMNS) == 13
-    assert dict(zip(COLUMNS, fields)) == {
+    assert dict(zip(COLUMNS, fields, strict=True)) == {
         "path": "d/file,1", "type": "file", "size": "123", "status": "succeeded", "error_code": "",
         "bytes": "123", "parts": "2", "checksum": "crc32:deadbeef", "retries": "1", "rank": "3",
         "osts": "0;1", "seconds": "1.500000", "message": 'said "hi"'}

@@ -8,12 +8,12 @@ import os
 import pytest
 
 from pfsxport import walk
+from pfsxport.export import TASK_EVENTS, Transfer, TransferOptions
 from pfsxport.export import scan as transfer
 from pfsxport.lustre import LayoutSource
 from pfsxport.manifest import Manifest
 from pfsxport.metadata import S3Url
 from pfsxport.model import BatchUnit, DeleteTreeUnit, DeleteUnit, DirUnit, Entry
-from pfsxport.export import TASK_EVENTS, Transfer, TransferOptions
 
 N = 1000
 
@@ -49,7 +49,8 @@ def tree(tmp_path):
 def scan(root: str, m: Manifest, events, monkeypatch, piece: int):
     monkeypatch.setattr(walk, "SCAN_PIECE", piece)
     monkeypatch.setattr(transfer, "scan_dir", lambda r, rel, skip: walk.scan_dir(r, rel, skip, piece))
-    t = Transfer(root, S3Url("b", "x/"), None, LayoutSource("off", 1 << 20), TransferOptions(16 << 20, 64 << 20, 5 << 40, 64, 3),
+    t = Transfer(root, S3Url("b", "x/"), None, LayoutSource("off", 1 << 20),
+                 TransferOptions(16 << 20, 64 << 20, 5 << 40, 64, 3),
                  manifest=m.reader(), events=events)
     out = t.scan(DirUnit("big"))
     exported = sorted([e.path for u in out.units if isinstance(u, BatchUnit) for e in u.entries] +

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import datetime
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import botocore.auth
@@ -233,7 +234,7 @@ def run(s: Setup, call: Callable[[S3Store], Any]) -> list[tuple[tuple, str]]:
     finally:
         del s.store.fast.sign
     assert len(s.sent.sent) == len(canonicals)
-    return list(zip(s.sent.sent, canonicals))
+    return list(zip(s.sent.sent, canonicals, strict=True))
 
 
 META = {"file-permissions": "0100644", "file-owner": "1000", "file-group": "100",

@@ -14,7 +14,7 @@ import pytest
 
 from pfsxport.errors import ExitCode, TaskError
 from pfsxport.lifecycle import Counts, TaskLifecycle
-from pfsxport.state import (MAX_MESSAGE, STALE_SECONDS, StateDir, TaskRecord, matches, new_task_id)
+from pfsxport.state import MAX_MESSAGE, STALE_SECONDS, StateDir, TaskRecord, matches, new_task_id
 
 L = TaskLifecycle
 FSX_FIELDS = {"TaskId", "Lifecycle", "Type", "CreationTime", "StartTime", "EndTime", "ResourceARN", "Paths",

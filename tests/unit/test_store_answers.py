@@ -6,11 +6,11 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
+from test_httpconn import Scripted
 
 from pfsxport.errors import AccessDenied, RetryableStoreError
 from pfsxport.httpconn import Pool
 from pfsxport.store import _Signed
-from test_httpconn import Scripted
 
 
 def signed(server: Scripted) -> _Signed:

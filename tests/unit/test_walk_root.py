@@ -5,13 +5,12 @@ from __future__ import annotations
 import os
 
 import pytest
+from test_body_budget import HoldingStore
 
+from pfsxport.export import Transfer, TransferOptions
 from pfsxport.metadata import S3Url
 from pfsxport.model import DirUnit, Entry, RowStatus
-from pfsxport.export import Transfer, TransferOptions
 from pfsxport.walk import OutsideRoot, Root, scan_dir
-
-from test_body_budget import HoldingStore
 
 
 @pytest.fixture
