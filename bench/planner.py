@@ -288,7 +288,7 @@ def _plan(ns: Namespace, ts: TransferSettings, ranks: int, trace: bool) -> dict:
         else:
             tracemalloc.start()
     t0 = time.perf_counter()
-    sched = Scheduler([DirUnit("")], sink, ranks)
+    sched = Scheduler([DirUnit("")], ranks)
     held: list[list] = [[] for _ in range(ranks)]
     stopped = [False] * ranks
     peak = {"dirs": 0, "batches": 0, "large": 0, "parts": 0, "uploads": 0, "outstanding": 0, "held": 0}
@@ -298,6 +298,9 @@ def _plan(ns: Namespace, ts: TransferSettings, ranks: int, trace: bool) -> dict:
             if stopped[r]:
                 continue
             outcomes = [exe.execute(u, r) for u in held[r]]
+            for o in outcomes:  # as each rank's worker does: its rows go to its own shard
+                sink(o.rows)
+                o.rows = []
             reply, _canceled = sched.serve(r, outcomes, want_light, want_heavy)
             exchanges += 1
             if reply is STOP:

@@ -494,9 +494,9 @@ class AutoExport:
             at = time.monotonic()
             stamped.extend((row, at) for row in rows)
         t = self.cfg.transfer
-        scheduler = Scheduler(units, collect, 1, reads_per_ost=t.reads_per_ost)
+        scheduler = Scheduler(units, 1, reads_per_ost=t.reads_per_ost)
         run_work(SOLO, scheduler, threading.Lock(),
-                 lambda ch: Worker(transfer, ch, t.concurrency, t.parts_in_flight, delta.flush), STOP)
+                 lambda ch: Worker(transfer, ch, t.concurrency, t.parts_in_flight, delta.flush, rows=collect), STOP)
         rows = [row for row, _ in stamped]
         delta.close()
         reader.close()

@@ -23,9 +23,10 @@ from .lustre import LayoutSource
 from .manifest import Manifest, manifest_dir
 from .metadata import S3Url, parse_s3_url, printable
 from .model import DirUnit, Entry, EntryKind, ReportRow, RowStatus
-from .report import FAILURES, REPORT_CSV, REPORT_H5, ReportWriter
+from .report import FAILURES, ReportWriter, combine
 from .report import preload as report_preload
 from .schedule import STOP, Scheduler
+from .share import Tally
 from .state import FileLock, StateDir, TaskRecord, new_task_id
 from .store import Capabilities, S3Store
 from .store import preload as store_preload
@@ -265,7 +266,8 @@ def _start(cfg: ExportConfig, state: StateDir, rec: TaskRecord, nranks: int, fs_
         return _fail_early(state, rec, f"no data repository can be written: {legs[0].failed[0].message}",
                            ExitCode.STORE_UNREACHABLE)
     report = cfg.report_path
-    if report.bucket not in {leg.repository.bucket for leg in legs if not leg.failed}:  # else the probe showed it takes writes
+    # a bucket that took the probe takes the report too
+    if report.bucket not in {leg.repository.bucket for leg in legs if not leg.failed}:
         try:
             _store(cfg, report).check_writable(f"{report.prefix}/" if report.prefix else "")
         except StoreError as e:
@@ -292,7 +294,8 @@ def _fail_early(state: StateDir, rec: TaskRecord, message: str, code: ExitCode) 
     rec.fail(message)
     state.write_last(rec)
     try:
-        ReportWriter(state.task_dir(rec.task_id)).finish(_attrs(rec))
+        ReportWriter(state.task_dir(rec.task_id), 0).finish()
+        combine(state.task_dir(rec.task_id), 1, _attrs(rec))
     except StateError as e:
         log.error("no local report for task %s: %s", rec.task_id, e)
     return Stop(code)
@@ -324,6 +327,7 @@ class Monitor(threading.Thread):
         mode = cfg.progress
         self.mode = ("bar" if sys.stderr.isatty() else "log") if mode == "auto" else mode
         self.t0 = time.monotonic()
+        self.final = None  # the task's progress from every rank's final counts, once they are summed
 
     def run(self) -> None:
         last_status = last_print = 0.0
@@ -363,7 +367,7 @@ class Monitor(threading.Thread):
 
     def print_progress(self, final: bool) -> None:
         with self.lock:
-            p = self.scheduler.progress()
+            p = self.final if final and self.final is not None else self.scheduler.progress()
         dt = max(time.monotonic() - self.t0, 1e-9)
         done = p.counts.total + p.skipped + p.unchanged
         rate = done / dt
@@ -400,35 +404,72 @@ def export(world, cfg: ExportConfig) -> ExitCode:
         fs_lock.release()
         return setup.exit_code
     lock = threading.Lock()
-    scheduler = monitor = writer = None
+    scheduler = monitor = None
+    tally = Tally()  # this rank's counts; its rows go to its own report shard
+    shard = _Shard(state.task_dir(setup.task_id), world.rank)
+    # the report's import runs beside the walk, where other ranks take up the slack, not at the end
+    threading.Thread(target=report_preload, name="pfsxport-preload", daemon=True).start()
     if world.rank == 0:
         rec = state.read(setup.task_id)
-        writer = ReportWriter(state.task_dir(setup.task_id))
-        writer.add(setup.outside)
-        scheduler = Scheduler([], writer.add, world.size, reads_per_ost=cfg.transfer.reads_per_ost)
-        scheduler.skipped = len(setup.outside)
-        scheduler.discovered = sum(1 for leg in setup.legs for e in leg.roots if e.path) + len(setup.outside)
+        local = setup.outside + [r for leg in setup.legs for r in leg.failed]
+        shard.add(local)
+        tally.rows(local)
+        tally.discovered = sum(1 for leg in setup.legs for e in leg.roots if e.path) + len(setup.outside)
+        scheduler = Scheduler([], world.size, reads_per_ost=cfg.transfer.reads_per_ost)
         monitor = Monitor(cfg, state, rec, scheduler, lock)
         monitor.start()
-        # the report's import runs beside the walk, where other ranks take up the slack, not at the end
-        threading.Thread(target=report_preload, name="pfsxport-preload", daemon=True).start()
     for leg in setup.legs:
         if not leg.failed:
-            _run_leg(world, cfg, setup.task_id, leg, scheduler, lock)
-        elif world.rank == 0:
-            with lock:
-                scheduler.sink = _prefixed(scheduler.sink, "")
-                scheduler.record(leg.failed)
+            _run_leg(world, cfg, setup.task_id, leg, scheduler, lock, shard, tally)
+    lost = shard.finish(_store(cfg, cfg.report_path), cfg.report_path, setup.task_id)
+    ends = world.allgather((tally, shard.fault, lost))  # every shard is written before rank 0 combines them
     code = None
     if world.rank == 0:
         fs_lock.release()
-        code = _finish(cfg, state, _store(cfg, cfg.report_path), scheduler, monitor, writer)
+        fault = next((f for _, f, _ in ends if f), None)
+        if fault is not None:
+            with lock:
+                scheduler.halt(fault)
+        code = _finish(cfg, state, _store(cfg, cfg.report_path), scheduler, monitor,
+                       Tally.summed(t for t, _, _ in ends), next((x for _, _, x in ends if x), ""))
     return world.bcast(code)
 
 
+class _Shard:
+    """This rank's part of the task's report (report.ReportWriter); a shard that cannot be
+    written keeps its fault, which reaches the scheduler through the worker (`add` raises)."""
+
+    def __init__(self, directory: str, rank: int):
+        self.rank = rank
+        self.fault: StateError | None = None
+        try:
+            self.writer: ReportWriter | None = ReportWriter(directory, rank)
+        except StateError as e:
+            self.writer, self.fault = None, e
+
+    def add(self, rows: list[ReportRow]) -> None:
+        if self.writer is None:
+            raise StateError(self.fault.name, self.fault.detail)
+        self.writer.add(rows)
+
+    def finish(self, store: S3Store, report: S3Url, task_id: str) -> str:
+        """Write the shard's HDF5 file and put it beside the report in the bucket; returns the
+        store's error if it could not go there ("" when it went)."""
+        if self.writer is None:
+            return ""
+        try:
+            path = self.writer.finish()
+        except StateError as e:
+            self.fault = self.fault or e
+            return ""
+        name = os.path.relpath(path, os.path.dirname(os.path.dirname(path)))  # shards/rank-NNNNN.h5
+        return _upload_report(store, report, task_id, {name: path})
+
+
 def _run_leg(world, cfg: ExportConfig, task_id: str, leg: Leg, scheduler: Scheduler | None,
-             lock: threading.Lock) -> None:
-    """Collective: export one leg's paths to its repository; its manifest is merged at the end."""
+             lock: threading.Lock, shard: _Shard, tally: Tally) -> None:
+    """Collective: export one leg's paths to its repository; its manifest is merged at the end.
+    Each rank's rows go to its `shard` and its counts to `tally`."""
     from .parallel import run_work
 
     t = cfg.transfer
@@ -443,11 +484,11 @@ def _run_leg(world, cfg: ExportConfig, task_id: str, leg: Leg, scheduler: Schedu
                         full=cfg.full, events=TASK_EVENTS | ({"DELETED"} if cfg.delete else set()))
     if world.rank == 0:
         with lock:
-            scheduler.start_leg(_root_units(transfer, leg.roots), _prefixed(scheduler.sink, leg.prefix),
-                                leg.resumable)
+            scheduler.start_leg(_root_units(transfer, leg.roots), leg.resumable)
     world.barrier()  # the leg's first units are queued before any rank asks for work
     run_work(world, scheduler, lock,
-             lambda ch: Worker(transfer, ch, t.concurrency, t.parts_in_flight, delta.flush), STOP)
+             lambda ch: Worker(transfer, ch, t.concurrency, t.parts_in_flight, delta.flush,
+                               rows=_prefixed(shard.add, leg.prefix), tally=tally), STOP)
     if world.rank == 0:
         _abort_unclaimed(transfer, scheduler, leg.roots)
     if store.bucket_lost:  # what this task wrote may be gone with the bucket: the next task reconciles
@@ -472,15 +513,13 @@ def _joined(prefix: str, path: str) -> str:
 
 def _prefixed(sink, prefix: str):
     """Report rows of a leg carry paths relative to the task's root, not the leg's."""
-    base = getattr(sink, "base", sink)
     if not prefix:
-        return base
+        return sink
 
     def add(rows: list[ReportRow]) -> None:
         for r in rows:
             r.path = _joined(prefix, r.path)
-        base(rows)
-    add.base = base
+        sink(rows)
     return add
 
 
@@ -506,12 +545,15 @@ def _abort_unclaimed(transfer: Transfer, scheduler: Scheduler, roots: list[Entry
 
 
 def _finish(cfg: ExportConfig, state: StateDir, store: S3Store, scheduler: Scheduler, monitor: Monitor,
-            writer: ReportWriter) -> ExitCode:
+            total: Tally, lost_shard: str) -> ExitCode:
+    """Rank 0, every rank done: the record's end state and counts (`total`, the ranks' counts
+    summed), the report combined from the shards and put in the bucket."""
     monitor.done.set()
     monitor.join()
     monitor.check_cancel()
     rec = monitor.rec
-    p = scheduler.progress()
+    p = scheduler.progress(total)
+    monitor.final = p
     rec.counts = p.counts
     final = end_state(scheduler.canceled, p.counts.failed)
     message = f"{p.counts.failed} of {p.counts.total} entries failed to export; " \
@@ -521,7 +563,8 @@ def _finish(cfg: ExportConfig, state: StateDir, store: S3Store, scheduler: Sched
     planned = dataclasses.replace(rec)
     _end(planned, final, message)
     try:
-        lost = _upload_report(store, cfg.report_path, rec.task_id, writer.finish(_attrs(planned)))
+        report = combine(state.task_dir(rec.task_id), rec.ranks, _attrs(planned))
+        lost = _upload_report(store, cfg.report_path, rec.task_id, report) or lost_shard
     except StateError as e:
         log.error("the completion report of task %s could not be written: %s", rec.task_id, e)
         lost = ""
@@ -560,13 +603,13 @@ def _upload_report(store: S3Store, report: S3Url, task_id: str, paths: dict[str,
     """failures.csv, report.csv and report.h5 under {ReportPath}/{TaskId}/ (R-2); returns
     the store's error for the first file that could not be written, "" when all went."""
     base = f"{report.prefix}/{task_id}/" if report.prefix else f"{task_id}/"
-    types = {FAILURES: "text/csv", REPORT_CSV: "text/csv", REPORT_H5: "application/x-hdf5"}
     lost = ""
     for name, path in paths.items():
         try:
             with open(path, "rb") as f:
                 body = f.read() if os.path.getsize(path) <= 64 << 20 else f
-                store.put_object(base + name, body, None, types[name])
+                kind = "text/csv" if name.endswith(".csv") else "application/x-hdf5"
+                store.put_object(base + name, body, None, kind)
         except StoreError as e:
             log.error("S3CompletionReportUploadFailure: could not write %s to s3://%s/%s: %s "
                       "(a copy is in %s)", name, store.bucket, base + name, e, path)

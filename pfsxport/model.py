@@ -232,6 +232,7 @@ class ReportRow:
     osts: str = ""
     seconds: float = 0.0
     message: str = ""
+    end: float = 0.0  # Unix time the outcome was known (0: when its report shard took it)
 
     @property
     def counted(self) -> bool:
@@ -285,3 +286,6 @@ class UnitOutcome:
     discovered: Discovered | None = None
     bytes_sent: int = 0
     fault: Exception | None = None  # the state directory failed the rank (errors.StateError): stop the task
+    # (path, status, checksum) of the rows of hard links, which the scheduler pairs; the rows
+    # themselves stay on the rank that made them (its report shard)
+    linked: list[tuple[str, "RowStatus", str]] = field(default_factory=list)

@@ -1,14 +1,19 @@
 """Completion reports: failures.csv (FSx REPORT_CSV_20191124), report.csv and report.h5.
 
-Owns h5py (the only module that imports it, lazily). Rows arrive in batches on rank 0
-and go straight to disk (CSV files and a pickled spill); the HDF5 file is then built
-from the spill in chunks, so no rank ever holds every row in memory.
+Owns h5py (the only module that imports it, lazily). The rows are written where they are:
+each rank appends its own to a shard (shards/rank-NNNNN.*: CSV lines as they come, and a
+pickled spill that becomes the shard's HDF5 file at the end, built in chunks). Rank 0 then
+`combine`s the shards: failures.csv and report.csv by concatenating bytes, report.h5 as an
+HDF5 virtual dataset over the shards' (a reader sees one table; the work is per shard, not
+per row), so no rank ever holds or handles every row.
 """
 from __future__ import annotations
 
 import os
 import pickle
 import re
+import shutil
+import time
 from collections.abc import Iterator
 
 from .errors import StateError, unusable
@@ -17,10 +22,11 @@ from .model import ReportRow, RowStatus
 
 FORMULA_CHARS = ("@", "+", "-", "=")
 COLUMNS = ("path", "type", "size", "status", "error_code", "bytes", "parts", "checksum", "retries", "rank",
-           "osts", "seconds", "message")
+           "osts", "seconds", "start", "end", "message")
 FAILURES = "failures.csv"
 REPORT_CSV = "report.csv"
 REPORT_H5 = "report.h5"
+SHARDS = "shards"
 _CHUNK = 4096
 _QUOTE = re.compile(r'[,"\r\n]')
 
@@ -45,23 +51,29 @@ def report_line(row: ReportRow) -> str:
     are plain words, the numbers never negative."""
     return (f"{csv_field(printable(row.path))},{row.kind},{row.size},{row.status.value},{csv_field(row.error_code)},"
             f"{row.bytes},{row.parts},{csv_field(row.checksum)},{row.retries},{row.rank},{csv_field(row.osts)},"
-            f"{row.seconds:.6f},{csv_field(row.message)}\n")
+            f"{row.seconds:.6f},{row.end - row.seconds:.6f},{row.end:.6f},{csv_field(row.message)}\n")
+
+
+def shard_paths(directory: str, rank: int) -> dict[str, str]:
+    base = os.path.join(directory, SHARDS, f"rank-{rank:05d}")
+    return {FAILURES: base + ".failures.csv", REPORT_CSV: base + ".csv", REPORT_H5: base + ".h5"}
 
 
 class ReportWriter:
-    """Appends rows as they arrive (rank 0); `finish` builds the HDF5 file. A file that
-    cannot be written raises StateError, at once and at every later call."""
+    """One rank's shard of a task's report: rows appended as they arrive, `finish` builds
+    the shard's HDF5 file. A file that cannot be written raises StateError, at once and at
+    every later call."""
 
-    def __init__(self, directory: str):
+    def __init__(self, directory: str, rank: int = 0):
         self.directory = directory
-        self.paths = {name: os.path.join(directory, name) for name in (FAILURES, REPORT_CSV, REPORT_H5)}
-        self._spill_path = os.path.join(directory, ".rows.pickle")
+        self.rank = rank
+        self.paths = shard_paths(directory, rank)
+        self._spill_path = self.paths[REPORT_H5] + ".rows.pickle"
         self.fault: StateError | None = None
         try:
-            os.makedirs(directory, exist_ok=True)
+            os.makedirs(os.path.dirname(self._spill_path), exist_ok=True)
             self._failures = open(self.paths[FAILURES], "w", encoding="utf-8", newline="")
             self._csv = open(self.paths[REPORT_CSV], "w", encoding="utf-8", newline="")
-            self._csv.write(",".join(COLUMNS) + "\n")
             self._spill = open(self._spill_path, "wb")
         except OSError as e:
             raise unusable(e.filename or directory, e) from None
@@ -69,8 +81,11 @@ class ReportWriter:
 
     def add(self, rows: list[ReportRow]) -> None:
         if self.fault is None:
+            now = time.time()
             try:
                 for r in rows:
+                    if not r.end:
+                        r.end = now
                     if r.status is RowStatus.FAILED:
                         self._failures.write(failure_line(r))
                     self._csv.write(report_line(r))
@@ -95,9 +110,9 @@ class ReportWriter:
             if pending:
                 yield pending
 
-    def finish(self, attrs: dict) -> dict[str, str]:
-        """Close the CSVs, write report.h5 (one row per entry, task fields as attributes).
-        Raises StateError if the report could not be written whole; the spill goes anyway."""
+    def finish(self) -> str:
+        """Close the shard's CSVs and write its HDF5 file; returns that file's path. Raises
+        StateError if the shard could not be written whole; the spill goes anyway."""
         try:
             for f in (self._failures, self._csv, self._spill):
                 try:
@@ -106,7 +121,7 @@ class ReportWriter:
                     self.fault = self.fault or unusable(self.directory, e)
             if self.fault is None:
                 try:
-                    write_h5(self.paths[REPORT_H5], self._spilled(), attrs)
+                    write_h5(self.paths[REPORT_H5], self._spilled(), {"rank": self.rank})
                 except OSError as e:
                     self.fault = unusable(self.paths[REPORT_H5], e)
         finally:
@@ -116,7 +131,40 @@ class ReportWriter:
                 pass
         if self.fault is not None:
             raise StateError(self.fault.name, self.fault.detail)
-        return self.paths
+        return self.paths[REPORT_H5]
+
+
+def combine(directory: str, nranks: int, attrs: dict) -> dict[str, str]:
+    """Rank 0, once every rank's shard is finished: failures.csv and report.csv from the
+    shards' bytes (in rank order), report.h5 as one virtual table over the shards' HDF5
+    files (referred to by relative name, so the report directory can be moved or copied
+    whole), with the task's fields as attributes. Returns {name: path}; raises StateError."""
+    paths = {name: os.path.join(directory, name) for name in (FAILURES, REPORT_CSV, REPORT_H5)}
+    shards = [shard_paths(directory, r) for r in range(nranks)]
+    try:
+        for name, header in ((FAILURES, ""), (REPORT_CSV, ",".join(COLUMNS) + "\n")):
+            tmp = paths[name] + ".tmp"
+            try:
+                with open(tmp, "wb") as out:
+                    out.write(header.encode())
+                    for sh in shards:
+                        with open(sh[name], "rb") as part:
+                            shutil.copyfileobj(part, out, 1 << 20)
+                os.replace(tmp, paths[name])
+            except BaseException:
+                _remove(tmp)
+                raise
+        write_virtual_h5(paths[REPORT_H5], [os.path.relpath(sh[REPORT_H5], directory) for sh in shards], attrs)
+    except OSError as e:
+        raise unusable(e.filename or directory, e) from None
+    return paths
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def preload() -> None:
@@ -124,28 +172,32 @@ def preload() -> None:
     import h5py  # noqa: F401
 
 
-def write_h5(path: str, chunks: Iterator[list[ReportRow]], attrs: dict) -> None:
+def _dtypes(h5py, np) -> dict:
+    text = h5py.string_dtype("utf-8")
+    return {"path": text, "type": text, "size": np.int64, "status": text, "error_code": text,
+            "bytes": np.int64, "parts": np.int32, "checksum": text, "retries": np.int32, "rank": np.int32,
+            "osts": text, "seconds": np.float64, "start": np.float64, "end": np.float64, "message": text}
+
+
+def _atomic_h5(path: str, fill) -> None:
+    """Write an HDF5 file under a temporary name with `fill(h5py, np, file)`, then rename."""
     import h5py
     import numpy as np
 
     tmp = path + ".tmp"
     try:
-        _write_h5(h5py, np, tmp, chunks, attrs)
+        with h5py.File(tmp, "w") as f:
+            fill(h5py, np, f)
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _remove(tmp)
         raise
 
 
-def _write_h5(h5py, np, tmp: str, chunks: Iterator[list[ReportRow]], attrs: dict) -> None:
-    text = h5py.string_dtype("utf-8")
-    dtypes = {"path": text, "type": text, "size": np.int64, "status": text, "error_code": text,
-              "bytes": np.int64, "parts": np.int32, "checksum": text, "retries": np.int32, "rank": np.int32,
-              "osts": text, "seconds": np.float64, "message": text}
-    with h5py.File(tmp, "w") as f:
+def write_h5(path: str, chunks: Iterator[list[ReportRow]], attrs: dict) -> None:
+    """One table of rows (one dataset per column under /entries), built chunk by chunk."""
+    def fill(h5py, np, f) -> None:
+        dtypes = _dtypes(h5py, np)
         g = f.create_group("entries")
         ds = {c: g.create_dataset(c, shape=(0,), maxshape=(None,), dtype=dtypes[c], chunks=(_CHUNK,))
               for c in COLUMNS}
@@ -159,12 +211,38 @@ def _write_h5(h5py, np, tmp: str, chunks: Iterator[list[ReportRow]], attrs: dict
                 "parts": [r.parts for r in rows], "checksum": [r.checksum for r in rows],
                 "retries": [r.retries for r in rows], "rank": [r.rank for r in rows],
                 "osts": [r.osts for r in rows], "seconds": [r.seconds for r in rows],
+                "start": [r.end - r.seconds for r in rows], "end": [r.end for r in rows],
                 "message": [r.message for r in rows],
             }
             for c in COLUMNS:
                 ds[c].resize((n + m,))
-                ds[c][n:n + m] = np.asarray(cols[c], dtype=object if dtypes[c] is text else dtypes[c])
+                ds[c][n:n + m] = np.asarray(cols[c], dtype=object if dtypes[c] is dtypes["path"] else dtypes[c])
             n += m
-        for k, v in attrs.items():
-            f.attrs[k] = v
+        f.attrs.update(attrs)
         f.attrs["entries"] = n
+    _atomic_h5(path, fill)
+
+
+def write_virtual_h5(path: str, shards: list[str], attrs: dict) -> None:
+    """report.h5: each column a virtual dataset over the same column of every shard file
+    (paths relative to report.h5's directory), in shard order."""
+    def fill(h5py, np, f) -> None:
+        base = os.path.dirname(path)
+        sizes = []
+        for sh in shards:
+            with h5py.File(os.path.join(base, sh), "r") as s:
+                sizes.append(int(s.attrs["entries"]))
+        total = sum(sizes)
+        g = f.create_group("entries")
+        for c, dtype in _dtypes(h5py, np).items():
+            layout = h5py.VirtualLayout(shape=(total,), dtype=dtype)
+            at = 0
+            for sh, n in zip(shards, sizes, strict=True):
+                if n:
+                    layout[at:at + n] = h5py.VirtualSource(sh, f"entries/{c}", shape=(n,))
+                at += n
+            g.create_virtual_dataset(c, layout)
+        f.attrs.update(attrs)
+        f.attrs["entries"] = total
+        f.attrs["shards"] = len(shards)
+    _atomic_h5(path, fill)

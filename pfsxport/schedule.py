@@ -10,19 +10,37 @@ scans go first while batches are scarce, so the walk keeps every rank fed. Parts
 out by the OSTs they read from: the least busy OSTs first, and never more than
 `reads_per_ost` part reads in flight on one OST across the job.
 
-A fault of the state directory (a rank's delta log or the report sink cannot be written)
+It never sees a report row: each rank writes its own rows to its report shard and sends
+its counts (share.Tally) with its requests; the scheduler hears of entries only as the
+units it hands out, and of hard links (which it pairs across ranks) as (path, status,
+checksum) of their rows.
+
+A fault of the state directory (a rank's delta log or report shard cannot be written)
 halts the task: it stops as a cancel does, and `fault` says why.
 """
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
-from .errors import StateError
 from .lifecycle import Counts
-from .model import (BatchUnit, CopyUnit, DeleteTreeUnit, DeleteUnit, DirUnit, Entry, FinishUnit, LargeFileUnit,
-                    PartDone, PartUnit, ReportRow, RowStatus, UnitOutcome, UploadStarted)
+from .model import (
+    BatchUnit,
+    CopyUnit,
+    DeleteTreeUnit,
+    DeleteUnit,
+    DirUnit,
+    Entry,
+    FinishUnit,
+    LargeFileUnit,
+    PartDone,
+    PartUnit,
+    RowStatus,
+    UnitOutcome,
+    UploadStarted,
+)
+from .share import Tally
 
 
 class _Signal:
@@ -144,9 +162,8 @@ class Progress:
 
 
 class Scheduler:
-    def __init__(self, roots: list, sink: Callable[[list[ReportRow]], None], nranks: int,
-                 max_open_uploads: int | None = None, resumable: dict | None = None, reads_per_ost: int = 0):
-        self.sink = sink
+    def __init__(self, roots: list, nranks: int, max_open_uploads: int | None = None, resumable: dict | None = None,
+                 reads_per_ost: int = 0):
         self.resumable = dict(resumable or {})  # path -> manifest.OpenUpload left by a dead job
         self.nranks = nranks
         self.max_open_uploads = max_open_uploads or max(4, 2 * nranks)
@@ -160,26 +177,18 @@ class Scheduler:
         self.uploads: dict[str, _Upload] = {}
         self.inodes: dict[tuple[int, int, int, int], _Inode] = {}  # by (size, mtime, ctime, ino)
         self.primaries: dict[str, tuple[int, int, int, int]] = {}  # primary path -> its inode key
-        self.counts = Counts()
-        self.skipped = 0
-        self.unchanged = 0
-        self.deleted = 0
+        self.tallies: dict[int, Tally] = {}  # each rank's latest counts, as it reported them
         self.reused_bytes = 0  # parts of uploads a dead job left open, completed without re-sending
-        self.discovered = 0
-        self.discovered_bytes = 0
-        self.bytes_sent = 0
-        self.retries = 0
         self.canceled = False
         self.fault: Exception | None = None  # why the task was halted (a StateError)
         self._uid = 0
         for u in roots:
             self._push(u)
 
-    def start_leg(self, roots: list, sink: Callable[[list[ReportRow]], None], resumable: dict) -> None:
+    def start_leg(self, roots: list, resumable: dict) -> None:
         """Queue the next repository's root units once the previous one is finished (a task
         mapped through several associations runs one leg per association). Hard links are
         paired within a leg only: their objects live in that leg's repository."""
-        self.sink = sink
         self.resumable = dict(resumable)
         self.inodes.clear()
         self.primaries.clear()
@@ -208,14 +217,14 @@ class Scheduler:
             ino.waiting.append(e)
         return True
 
-    def _primary_done(self, row: ReportRow) -> None:
-        ident = self.primaries.pop(row.path, None)
+    def _primary_done(self, path: str, status: RowStatus, checksum: str) -> None:
+        ident = self.primaries.pop(path, None)
         if ident is None:
             return
         ino = self.inodes[ident]
         waiting, ino.waiting = ino.waiting, []
-        if row.status is RowStatus.SUCCEEDED:
-            ino.done, ino.checksum = True, row.checksum
+        if status is RowStatus.SUCCEEDED:
+            ino.done, ino.checksum = True, checksum
             for e in waiting:
                 self._push(CopyUnit(e, ino.primary, ino.checksum))
         else:  # the data did not get there: the next link path uploads it instead
@@ -258,37 +267,15 @@ class Scheduler:
         else:
             raise TypeError(f"cannot schedule {unit!r}")
 
-    def record(self, rows: list[ReportRow]) -> None:
-        """Count and report rows decided outside any unit (the roots of a repository that
-        cannot be written)."""
-        self._absorb(UnitOutcome(0, rows=rows))
-
     def _absorb(self, o: UnitOutcome) -> None:
         self.outstanding.pop(o.uid, None)
         self.opening.discard(o.uid)
         self.parts.returned(o.uid)
-        if o.rows:
-            for r in o.rows:
-                if r.path in self.primaries:
-                    self._primary_done(r)
-                if r.counted:
-                    self.counts.add(r.status is not RowStatus.FAILED)
-                elif r.status is RowStatus.DELETED:
-                    self.deleted += 1
-                else:
-                    self.skipped += 1
-                self.retries += r.retries
-            try:
-                self.sink(o.rows)
-            except StateError as e:
-                self.halt(e)
+        for path, status, checksum in o.linked:
+            if path in self.primaries:
+                self._primary_done(path, status, checksum)
         if o.fault is not None:
             self.halt(o.fault)
-        if o.discovered:
-            self.discovered += o.discovered.entries
-            self.discovered_bytes += o.discovered.bytes
-            self.unchanged += o.discovered.unchanged
-        self.bytes_sent += o.bytes_sent
         for u in o.units:
             if self.canceled and not isinstance(u, (PartUnit, FinishUnit)):
                 continue
@@ -398,8 +385,12 @@ class Scheduler:
             return self.exchange(rank, [], want_light, want_heavy)
         return STOP if self.finished else WAIT
 
-    def serve(self, rank: int, outcomes: list[UnitOutcome], want_light: int, want_heavy: int):
-        """exchange() plus whether the task is canceled, so ranks drop what they hold queued."""
+    def serve(self, rank: int, outcomes: list[UnitOutcome], want_light: int, want_heavy: int,
+              tally: Tally | None = None):
+        """exchange() plus whether the task is canceled, so ranks drop what they hold queued.
+        `tally`: the rank's counts so far (its rows stay with it)."""
+        if tally is not None:
+            self.tallies[rank] = tally
         return self.exchange(rank, outcomes, want_light, want_heavy), self.canceled
 
     @property
@@ -420,7 +411,8 @@ class Scheduler:
             self.fault = fault
         self.cancel()
 
-    def progress(self) -> Progress:
-        return Progress(Counts(self.counts.total, self.counts.succeeded, self.counts.failed), self.skipped,
-                        self.unchanged, self.deleted, self.discovered, self.discovered_bytes, self.bytes_sent,
-                        self.retries, len(self.uploads), self.canceled)
+    def progress(self, tally: Tally | None = None) -> Progress:
+        """The task's progress from the ranks' latest counts (or from `tally`, the final sum)."""
+        t = tally if tally is not None else Tally.summed(self.tallies.values())
+        return Progress(Counts(t.total, t.succeeded, t.failed), t.skipped, t.unchanged, t.deleted, t.discovered,
+                        t.discovered_bytes, t.bytes_sent, t.retries, len(self.uploads), self.canceled)

@@ -6,22 +6,29 @@ Three budgets: light tasks (directories, symlinks, small files: many in flight, 
 on the network), heavy tasks (multipart starts and parts: each holds a part in memory, so
 few in flight) and directory scans (CPU and metadata bound: a few).
 
-When the delta log cannot be written (errors.StateError), units whose intents did not get
-to disk are not run, and the fault goes to the scheduler with the next outcomes: it halts
-the task.
+The rows of every outcome stay here: they go to this rank's report shard (`rows`) and its
+counts (`tally`, sent with each request); what travels to the scheduler is the rest of the
+outcome (units found, uploads started, parts done) and, for hard links only, the status of
+their rows.
+
+When the delta log or the report shard cannot be written (errors.StateError), units whose
+intents did not get to disk are not run, and the fault goes to the scheduler with the next
+outcomes: it halts the task.
 """
 from __future__ import annotations
 
 import logging
 import queue
+import threading
 import time
 from collections import deque
-import threading
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from .errors import ErrorCode, StateError
 from .model import BatchUnit, DirUnit, FinishUnit, LargeFileUnit, PartUnit, ReportRow, RowStatus, UnitOutcome
 from .schedule import STOP, WAIT
+from .share import Tally
 
 log = logging.getLogger("pfsxport")
 
@@ -31,8 +38,8 @@ SCANS = 4
 
 
 class Channel(Protocol):
-    def post(self, outcomes: list[UnitOutcome], want_light: int, want_heavy: int) -> None:
-        """Send outcomes and ask for units; one request at a time."""
+    def post(self, outcomes: list[UnitOutcome], want_light: int, want_heavy: int, tally: Tally) -> None:
+        """Send outcomes and this rank's counts, and ask for units; one request at a time."""
 
     def poll(self):
         """The reply to the request posted, (units | STOP | WAIT, canceled), or None if not yet."""
@@ -75,10 +82,22 @@ class _Lanes:
             t.join()
 
 
+def _linked(unit) -> frozenset[str]:
+    """Paths of the hard links among a unit's entries: the scheduler pairs them by inode."""
+    if isinstance(unit, BatchUnit):
+        return frozenset(e.path for e in unit.entries if e.nlink > 1)
+    if isinstance(unit, (LargeFileUnit, FinishUnit)) and unit.entry.nlink > 1:
+        return frozenset((unit.entry.path,))
+    return frozenset()
+
+
 class Worker:
     def __init__(self, transfer, channel: Channel, concurrency: int, parts_in_flight: int,
-                 before_exchange=lambda: None):
+                 before_exchange=lambda: None, rows: Callable[[list[ReportRow]], None] = lambda rows: None,
+                 tally: Tally | None = None):
         self.transfer = transfer
+        self.rows = rows  # this rank's report shard (or the service's own use of the rows)
+        self.tally = tally if tally is not None else Tally()
         self.channel = channel
         self.concurrency = concurrency
         self.parts_in_flight = parts_in_flight
@@ -92,6 +111,26 @@ class Worker:
             self.fault = err
             log.error("%s; the task stops", err)
             outbox.append(UnitOutcome(0, fault=err))
+
+    def _keep(self, o: UnitOutcome, linked: frozenset[str], outbox: list[UnitOutcome]) -> None:
+        """Write a finished unit's rows to the shard and count them here; the outcome goes on
+        without them (but for the status of the hard links among them)."""
+        t = self.tally
+        if o.rows:
+            if linked:
+                o.linked = [(r.path, r.status, r.checksum) for r in o.rows if r.path in linked]
+            t.rows(o.rows)
+            try:
+                self.rows(o.rows)
+            except StateError as err:
+                self._failed(err, outbox)
+            o.rows = []
+        if o.discovered is not None:
+            t.discovered += o.discovered.entries
+            t.discovered_bytes += o.discovered.bytes
+            t.unchanged += o.discovered.unchanged
+            o.discovered = None
+        t.bytes_sent += o.bytes_sent
 
     def _tasks(self, unit) -> list:
         if isinstance(unit, BatchUnit):
@@ -139,7 +178,7 @@ class Worker:
                         self.before_exchange()
                     except StateError as err:  # the outcomes go anyway: their objects are in S3
                         self._failed(err, outbox)
-                    self.channel.post(outbox, max(0, want_light), want_heavy)
+                    self.channel.post(outbox, max(0, want_light), want_heavy, Tally(*self.tally.as_tuple()))
                     outbox, urgent, last, asked, wait_reply = [], False, now, True, 0.0
                 got = self.channel.poll() if asked else None
                 if got is not None:
@@ -153,6 +192,7 @@ class Worker:
                                 slot[0] -= 1
                                 if slot[0] == 0:
                                     del partial[uid]
+                                    self._keep(slot[1], slot[2], outbox)
                                     outbox.append(slot[1])
                             q.clear()
                             q.extend(kept)
@@ -171,7 +211,7 @@ class Worker:
                             urgent = True
                         for unit in reply:
                             tasks = self._tasks(unit)
-                            partial[unit.uid] = [len(tasks), UnitOutcome(unit.uid)]
+                            partial[unit.uid] = [len(tasks), UnitOutcome(unit.uid), _linked(unit)]
                             q = heavy if isinstance(unit, (PartUnit, LargeFileUnit)) else \
                                 scans if isinstance(unit, DirUnit) else light
                             droppable = not isinstance(unit, (PartUnit, FinishUnit))
@@ -201,6 +241,7 @@ class Worker:
                     merged.discovered = o.discovered or merged.discovered
                     if slot[0] == 0:
                         del partial[uid]
+                        self._keep(merged, slot[2], outbox)
                         outbox.append(merged)
                         urgent = urgent or bool(merged.units or merged.started or merged.parts)
                     try:

@@ -83,7 +83,8 @@ def test_export_task_maps_paths_through_associations(seaweed, tmp_path):
                                content_types=False)
     task = task_id_of(r)
     assert set(list_keys(c, bucket)) - {k for k in list_keys(c, bucket) if k.startswith(("res/", "keep/"))} == {
-        f"pfsxport-reports/{task}/{n}" for n in ("failures.csv", "report.csv", "report.h5")}
+        f"pfsxport-reports/{task}/{n}" for n in ("failures.csv", "report.csv", "report.h5", "shards/rank-00000.h5",
+                                                  "shards/rank-00001.h5")}  # each rank's part of report.h5
     t = describe(task, str(state))
     assert t["Lifecycle"] == "SUCCEEDED" and t["Status"]["TotalCount"] == 3 + 2  # a, top, k + run1/ and sub/
     with open(os.path.join(state, "tasks", task, "report.csv"), newline="") as f:

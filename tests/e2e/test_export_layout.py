@@ -75,6 +75,14 @@ def test_hard_tree_by_1_2_4_ranks(server, hard_tree, tmp_path):
             assert set(g["rank"][:]) <= set(range(ranks or 1))
         remote = c.get_object(Bucket=bucket, Key=f"reports/{task}/report.h5")["Body"].read()
         assert remote == open(local, "rb").read()
+        copy = tmp_path / f"report-of-{label}"  # the bucket's report, fetched whole, reads as one table
+        for key in list_keys(c, bucket, f"reports/{task}/"):
+            dest = copy / key[len(f"reports/{task}/"):]
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(c.get_object(Bucket=bucket, Key=key)["Body"].read())
+        with h5py.File(copy / "report.h5") as f, h5py.File(local) as mine:
+            assert sorted(f["entries"]["path"][:]) == sorted(mine["entries"]["path"][:])
+            assert len(f["entries"]["path"][:]) == st["TotalCount"] + 1
         assert c.head_object(Bucket=bucket, Key=f"reports/{task}/report.csv")["ContentLength"] > 0
 
         snapshots[label] = {

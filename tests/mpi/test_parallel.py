@@ -64,8 +64,9 @@ class FakeTree:
 def test_every_unit_runs_exactly_once_across_ranks(world):
     rows: list[ReportRow] = []
     lock = threading.Lock()
-    scheduler = Scheduler([DirUnit("")], rows.extend, world.size) if world.rank == 0 else None
-    run_work(world, scheduler, lock, lambda ch: Worker(FakeTree(world.rank), ch, 4, 2), STOP)
+    scheduler = Scheduler([DirUnit("")], world.size) if world.rank == 0 else None
+    run_work(world, scheduler, lock, lambda ch: Worker(FakeTree(world.rank), ch, 4, 2, rows=rows.extend), STOP)
+    rows = [r for mine in world.allgather(rows) for r in mine]  # each rank kept its own rows
     ok = True
     if world.rank == 0:
         paths = [r.path for r in rows]

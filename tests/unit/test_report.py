@@ -13,7 +13,9 @@ from pfsxport.report import (
     FAILURES,
     REPORT_CSV,
     REPORT_H5,
+    SHARDS,
     ReportWriter,
+    combine,
     csv_field,
     failure_line,
     report_line,
@@ -102,15 +104,16 @@ def test_failure_line_undecodable_path_is_escaped():
 
 def test_report_line_columns_round_trip():
     r = ReportRow("d/file,1", "file", 123, RowStatus.SUCCEEDED, "", bytes=123, parts=2, checksum="crc32:deadbeef",
-                  retries=1, rank=3, osts="0;1", seconds=1.5, message='said "hi"')
+                  retries=1, rank=3, osts="0;1", seconds=1.5, message='said "hi"', end=1000.25)
     line = report_line(r)
     assert line.endswith("\n")
     [fields] = _read_csv(line)
-    assert len(fields) == len(COLUMNS) == 13
+    assert len(fields) == len(COLUMNS) == 15
     assert dict(zip(COLUMNS, fields, strict=True)) == {
         "path": "d/file,1", "type": "file", "size": "123", "status": "succeeded", "error_code": "",
         "bytes": "123", "parts": "2", "checksum": "crc32:deadbeef", "retries": "1", "rank": "3",
-        "osts": "0;1", "seconds": "1.500000", "message": 'said "hi"'}
+        "osts": "0;1", "seconds": "1.500000", "start": "998.750000", "end": "1000.250000",
+        "message": 'said "hi"'}
 
 
 # ---- ReportWriter / write_h5 -----------------------------------------------------------------
@@ -129,14 +132,16 @@ ROWS = [
 def test_report_writer(tmp_path):
     h5py = pytest.importorskip("h5py")
     d = tmp_path / "task-0123456789abcdef0"
-    w = ReportWriter(str(d))
+    w = ReportWriter(str(d), 0)
     w.add(ROWS[:3])
     w.add([])
     w.add(ROWS[3:])
     assert w.rows == len(ROWS)
-    paths = w.finish({"TaskId": "task-0123456789abcdef0", "Lifecycle": "FAILED", "FailedCount": 3})
+    w.finish()
+    paths = combine(str(d), 1, {"TaskId": "task-0123456789abcdef0", "Lifecycle": "FAILED", "FailedCount": 3})
     assert paths == {FAILURES: str(d / FAILURES), REPORT_CSV: str(d / REPORT_CSV), REPORT_H5: str(d / REPORT_H5)}
-    assert sorted(os.listdir(d)) == sorted([FAILURES, REPORT_CSV, REPORT_H5]), "no spill or temporary left"
+    assert sorted(os.listdir(d)) == sorted([FAILURES, REPORT_CSV, REPORT_H5, SHARDS]), "no spill or temporary left"
+    assert sorted(os.listdir(d / SHARDS)) == ["rank-00000.csv", "rank-00000.failures.csv", "rank-00000.h5"]
 
     # failures.csv: failed rows only, no header, LF line ends (R-4, R-5, SPEC §5)
     raw = (d / FAILURES).read_bytes()
@@ -172,14 +177,42 @@ def test_report_writer(tmp_path):
 
 def test_report_writer_empty(tmp_path):
     h5py = pytest.importorskip("h5py")
-    w = ReportWriter(str(tmp_path / "r"))
-    w.finish({"TaskId": "task-00000000000000000"})
+    ReportWriter(str(tmp_path / "r"), 0).finish()
+    combine(str(tmp_path / "r"), 1, {"TaskId": "task-00000000000000000"})
     # SPEC §5: failures.csv is written also when nothing failed
     assert (tmp_path / "r" / FAILURES).read_text() == ""
     assert _read_csv((tmp_path / "r" / REPORT_CSV).read_text()) == [list(COLUMNS)]
     with h5py.File(tmp_path / "r" / REPORT_H5, "r") as f:
         assert f["entries"]["path"].shape == (0,)
         assert int(f.attrs["entries"]) == 0
+
+
+def test_shards_of_every_rank_read_as_one_report(tmp_path):
+    """Each rank writes its own rows; the report is one table (a virtual dataset over the
+    shards), failures.csv and report.csv their concatenation in rank order."""
+    h5py = pytest.importorskip("h5py")
+    d = tmp_path / "task"
+    for rank, rows in enumerate((ROWS[:2], [], ROWS[2:])):
+        w = ReportWriter(str(d), rank)
+        w.add([ReportRow(r.path, r.kind, r.size, r.status, r.error_code, rank=rank, seconds=r.seconds)
+               for r in rows])
+        w.finish()
+    paths = combine(str(d), 3, {"Lifecycle": "FAILED"})
+    assert (d / FAILURES).read_text() == ('"""@bad""",failed,S3AccessDenied\n'
+                                          "a/big,failed,FileSizeTooLarge\n"
+                                          "a/b\\xffd,failed,PathNotUtf8\n")
+    csv_rows = _read_csv((d / REPORT_CSV).read_text(encoding="utf-8"))
+    assert csv_rows[0] == list(COLUMNS) and [r[0] for r in csv_rows[1:]] == [
+        "a", "a/f1", '"@bad"', "a/link", "a/fifo", "a/big", "a/b\\xffd"]  # the formula guard (R-7)
+    moved = tmp_path / "copied"  # the report directory moves whole: the table's parts go with it
+    os.rename(d, moved)
+    with h5py.File(moved / REPORT_H5, "r") as f:
+        e = f["entries"]
+        assert e["path"].is_virtual and int(f.attrs["entries"]) == len(ROWS) and int(f.attrs["shards"]) == 3
+        assert list(e["path"].asstr()[:]) == ["a", "a/f1", "@bad", "a/link", "a/fifo", "a/big", "a/b\\xffd"]
+        assert list(e["rank"][:]) == [0, 0, 2, 2, 2, 2, 2]
+        assert all(e["end"][:] >= e["start"][:]) and e["end"][0] > 1.6e9  # stamped when the shard took them
+    assert set(paths) == {FAILURES, REPORT_CSV, REPORT_H5}
 
 
 def test_write_h5_many_chunks(tmp_path):
@@ -201,8 +234,9 @@ def test_report_writer_on_a_full_file_system_raises_and_leaves_no_spill(tmp_path
 
     d = tmp_path / "r"
     d.mkdir()
-    os.symlink("/dev/full", d / REPORT_CSV)  # every write answers ENOSPC
-    w = ReportWriter(str(d))
+    (d / SHARDS).mkdir()
+    os.symlink("/dev/full", d / SHARDS / "rank-00000.csv")  # every write answers ENOSPC
+    w = ReportWriter(str(d), 0)
     with pytest.raises(StateError) as ei:
         for _ in range(2000):  # until the buffer goes to the file
             w.add(ROWS)
@@ -210,5 +244,5 @@ def test_report_writer_on_a_full_file_system_raises_and_leaves_no_spill(tmp_path
     with pytest.raises(StateError):
         w.add(ROWS)
     with pytest.raises(StateError):
-        w.finish({"TaskId": "task-00000000000000000"})
-    assert sorted(os.listdir(d)) == [FAILURES, REPORT_CSV]  # no spill, no report.h5.tmp
+        w.finish()
+    assert sorted(os.listdir(d / SHARDS)) == ["rank-00000.csv", "rank-00000.failures.csv"]  # no spill, no .tmp

@@ -11,6 +11,7 @@ import pytest
 from pfsxport.model import (BatchUnit, DirUnit, Discovered, Entry, EntryKind, FinishUnit, LargeFileUnit, Part,
                             PartDone, PartUnit, ReportRow, RowStatus, UnitOutcome, UploadStarted)
 from pfsxport.schedule import STOP, WAIT, Scheduler
+from pfsxport.share import Tally
 
 MiB = 1 << 20
 
@@ -37,9 +38,35 @@ def done(unit: PartUnit, **kw) -> UnitOutcome:
     return UnitOutcome(unit.uid, parts=[pd], bytes_sent=0 if (kw.get("changed") or kw.get("error_code")) else p.length)
 
 
+class Ranks(Scheduler):
+    """The scheduler as the ranks' workers drive it: each outcome's rows go to a rank's
+    report shard (`sink`) and counts, and only the status of the rows (for hard links) and
+    the counts travel on."""
+
+    def __init__(self, roots, sink, nranks, **kw):
+        super().__init__(roots, nranks, **kw)
+        self.sink, self.counted = sink, Tally()
+
+    def exchange(self, rank, outcomes, want_light, want_heavy):
+        for o in outcomes:
+            if o.rows:
+                o.linked = [(r.path, r.status, r.checksum) for r in o.rows]
+                self.counted.rows(o.rows)
+                try:
+                    self.sink(o.rows)
+                except Exception as e:  # as the worker sends a fault of its shard
+                    o.fault = e
+                o.rows = []
+            if o.discovered:
+                self.counted.discovered += o.discovered.entries
+            self.counted.bytes_sent += o.bytes_sent
+        self.tallies[0] = self.counted
+        return super().exchange(rank, outcomes, want_light, want_heavy)
+
+
 def make(roots, nranks=1, **kw):
     got: list[ReportRow] = []
-    return Scheduler(list(roots), got.extend, nranks, **kw), got
+    return Ranks(list(roots), got.extend, nranks, **kw), got
 
 
 def open_upload(nparts=3, **kw):
@@ -519,7 +546,7 @@ def test_a_report_sink_that_cannot_write_halts_the_task_and_keeps_counting():
     def full(rows):
         raise StateError("StateDirectoryUnusable", "No space left on device: cannot write report.csv")
 
-    s = Scheduler([BatchUnit([fentry("x", 1)]), DirUnit("d")], full, 1)
+    s = Ranks([BatchUnit([fentry("x", 1)]), DirUnit("d")], full, 1)
     [b] = s.exchange(0, [], 1, 0)
     assert s.exchange(0, [UnitOutcome(b.uid, rows=rows(RowStatus.SUCCEEDED))], 4, 4) is STOP
     assert s.canceled and "report.csv" in str(s.fault)
