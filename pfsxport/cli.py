@@ -33,7 +33,7 @@ EXPORT_FLAGS = {
     "reads_per_ost": "transfer.reads_per_ost",
     "lfs": "transfer.lfs", "progress": "progress.mode", "progress_interval": "progress.interval",
     "file_system_id": "file_system_id", "full": "full", "delete": "delete",
-    "reconcile": "reconcile",
+    "reconcile": "reconcile", "cancel_grace": "transfer.cancel_grace",
 }
 
 
@@ -77,6 +77,8 @@ def _export_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--parts-in-flight", help="multipart parts in flight per rank (default 8)")
     p.add_argument("--reads-per-ost", help="part reads in flight per Lustre OST over all ranks (default 8; 0: no cap)")
     p.add_argument("--lfs", help="path of `lfs`, 'auto' (PATH) or 'off'")
+    p.add_argument("--cancel-grace", help="after SIGTERM or SIGINT, seconds files in flight get to finish "
+                   "before open uploads are aborted (default 15)")
     p.add_argument("--progress", choices=["auto", "bar", "log", "off"])
     p.add_argument("--progress-interval", help="seconds between progress lines (default 10)")
     p.add_argument("--file-system-id", help="fs-... id to record (default: derived from --fs-root)")
@@ -427,6 +429,15 @@ def _task(args) -> int:
 
 
 def _export(args) -> int:
+    """SIGTERM and SIGINT cancel the task from here on (see halt and job.Monitor); the previous
+    handlers are back once the export has ended."""
+    from .halt import SignalWatch
+
+    with SignalWatch() as watch:
+        return _run_export(args, watch)
+
+
+def _run_export(args, watch) -> int:
     from .parallel import World
 
     world = World()
@@ -446,6 +457,7 @@ def _export(args) -> int:
 
         check_repository(cfg)
         cfg.task_id = task_id or ""
+        watch.grace = cfg.transfer.cancel_grace
     except PfsxError as e:
         if world.rank == 0:
             log.error("%s", e)
@@ -453,7 +465,7 @@ def _export(args) -> int:
     from .job import export
 
     try:
-        return int(export(world, cfg))
+        return int(export(world, cfg, watch))
     except PfsxError as e:  # e.g. the state directory failed where no record could take the reason
         log.error("%s", e)
         if world.size > 1:

@@ -46,6 +46,9 @@ class TransferSettings:
     batch_entries: int = 64
     busy_retries: int = 3
     lfs: str = "auto"
+    # after SIGTERM/SIGINT, seconds in-flight entries get to finish before open uploads are aborted
+    # (under Slurm's default KillWait of 30 s, with halt.ABORT_WAIT on top)
+    cancel_grace: float = 15.0
 
 
 @dataclass(slots=True)
@@ -270,6 +273,7 @@ SCHEMA: dict[str, Callable[[Any], Any]] = {
     "transfer.batch_entries": _int(1, 100_000),
     "transfer.busy_retries": _int(0, 100),
     "transfer.lfs": _str,
+    "transfer.cancel_grace": _float(0.0),
     "progress.mode": _choice("auto", "bar", "log", "off"),
     "progress.interval": _float(0.1),
     "progress.status_interval": _float(0.1),

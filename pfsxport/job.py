@@ -3,6 +3,8 @@
 `export` is collective (every rank calls it). Rank 0 creates the task record, checks the
 paths and the store, runs the scheduler and writes the report; every rank walks and
 transfers. The world, the store class and the layout source come in from outside.
+A signal (halt.SignalWatch) is a cancel, as `task cancel` is; a second one, or the grace
+running out, aborts the open uploads and ends the job (Monitor).
 """
 from __future__ import annotations
 
@@ -18,19 +20,20 @@ from .config import ExportConfig
 from .dra import Association, AssociationLifecycle
 from .errors import ConfigError, ExitCode, InputError, StateError, StoreError, TaskError
 from .eventlog import NOT_IN_DRA, EventLog, export_message, log_path
+from .export import TASK_EVENTS, Transfer, TransferOptions
+from .halt import ABORT_WAIT, Halt, SignalWatch
 from .lifecycle import TaskLifecycle, end_state
 from .lustre import LayoutSource
 from .manifest import Manifest, manifest_dir
 from .metadata import S3Url, parse_s3_url, printable
 from .model import DirUnit, Entry, EntryKind, ReportRow, RowStatus
-from .report import FAILURES, ReportWriter, combine
+from .report import FAILURES, REPORT_H5, ReportWriter, combine
 from .report import preload as report_preload
 from .schedule import STOP, Scheduler
 from .share import Tally
 from .state import FileLock, StateDir, TaskRecord, new_task_id
 from .store import Capabilities, S3Store
 from .store import preload as store_preload
-from .export import TASK_EVENTS, Transfer, TransferOptions
 from .walk import lstat_entry, refuse_symlinks
 from .worker import Worker
 
@@ -317,13 +320,25 @@ def _hms(seconds: float) -> str:
 
 
 class Monitor(threading.Thread):
-    """Rank 0: refreshes the task record, notices cancel requests, prints progress."""
+    """Rank 0: refreshes the task record, notices cancel requests and signals, prints progress.
+    After an abort, ends the task and the job itself if they have not ended ABORT_WAIT later."""
 
     def __init__(self, cfg: ExportConfig, state: StateDir, rec: TaskRecord, scheduler: Scheduler,
-                 lock: threading.Lock):
+                 lock: threading.Lock, watch: SignalWatch | None = None, report_so_far=None,
+                 end_job=None):
         super().__init__(name="pfsxport-monitor", daemon=True)
         self.cfg, self.state, self.rec, self.scheduler, self.lock = cfg, state, rec, scheduler, lock
-        self.done = threading.Event()
+        self.watch = watch or SignalWatch(cfg.transfer.cancel_grace)  # one never installed sees no signal
+        # report_so_far(attrs): the local report from the shards there are; end_job(code): every rank, now
+        self.report_so_far, self.end_job = report_so_far, end_job
+        self.settled: TaskRecord | None = None  # the record as the task ends, once its report is written
+        self.ending = threading.Lock()  # held while the task's end is written
+        self.ended = False  # the record holds the task's end
+        self.watchdog: threading.Timer | None = None
+        self._watchdog_lock = threading.Lock()
+        self.done = threading.Event()  # the task's end is being written: no more refreshes
+        self.left = threading.Event()  # ... and the monitor has stopped them
+        self.over = threading.Event()  # the task's end is written
         mode = cfg.progress
         self.mode = ("bar" if sys.stderr.isatty() else "log") if mode == "auto" else mode
         self.t0 = time.monotonic()
@@ -341,14 +356,61 @@ class Monitor(threading.Thread):
             if self.mode != "off" and now - last_print >= interval:
                 self.print_progress(final=False)
                 last_print = now
+        self.left.set()
+        while not self.over.wait(0.25):  # a report upload that hangs can still be cut short
+            if self.watch.level() is Halt.ABORT:
+                self.start_watchdog()
 
     def check_cancel(self) -> None:
-        if self.rec.lifecycle is TaskLifecycle.EXECUTING and self.state.cancel_requested(self.rec.task_id):
+        self.watch.escalate(self.scheduler.told, "a signal to another rank")
+        level = self.watch.level()
+        if self.rec.lifecycle is TaskLifecycle.EXECUTING and (level or self.state.cancel_requested(self.rec.task_id)):
             with self.lock:
                 self.scheduler.cancel()
             self.rec.move(TaskLifecycle.CANCELING)
-            log.warning("task %s: cancel requested; queued files will not be started, files in flight "
-                        "finish", self.rec.task_id)
+            self.state.write(self.rec)
+            log.warning("task %s: %s; queued files will not be started, files in flight finish%s", self.rec.task_id,
+                        f"{self.watch.reason}: canceling" if level else "cancel requested",
+                        f" (for at most {self.watch.grace:g} s; a second signal stops at once)" if level else "")
+        if level is Halt.ABORT and self.watchdog is None:
+            with self.lock:
+                self.scheduler.abort()
+            log.warning("task %s: %s: aborting %d open multipart upload(s); files in flight are not waited for",
+                        self.rec.task_id, self.watch.reason, self.scheduler.aborted_uploads)
+            self.start_watchdog()
+
+    def start_watchdog(self) -> None:
+        with self._watchdog_lock:
+            if self.watchdog is None:
+                self.watchdog = threading.Timer(ABORT_WAIT, self.end_now)
+                self.watchdog.daemon = True
+                self.watchdog.start()
+
+    def end_now(self) -> None:
+        """The abort has not ended the job ABORT_WAIT after it began (a rank or the store does
+        not answer): the task ends CANCELED with the report so far, and every rank now."""
+        if self.ending.acquire(timeout=ABORT_WAIT):  # else the report is being written: a stuck upload
+            if not self.ended:
+                with self.lock:
+                    self.rec.counts = self.scheduler.progress().counts
+                    if self.rec.lifecycle is TaskLifecycle.EXECUTING:
+                        self.rec.move(TaskLifecycle.CANCELING)
+                    if self.rec.lifecycle is TaskLifecycle.CANCELING:
+                        self.rec.move(TaskLifecycle.CANCELED)
+                        self.rec.end_time = self.rec.last_updated = time.time()
+                    if self.report_so_far is not None:
+                        try:
+                            self.report_so_far(_attrs(self.rec))
+                        except StateError as e:
+                            log.error("no local report for task %s: %s", self.rec.task_id, e)
+                    self.settled = self.rec
+                self.ended = True
+        if self.ended:
+            self.state.write(self.settled or self.rec)
+        log.error("task %s: the job did not stop within %g s of the abort: ending it now (an upload left open "
+                  "is aborted by the next export)", self.rec.task_id, ABORT_WAIT)
+        if self.end_job is not None:
+            self.end_job(_exit_code(self.rec.lifecycle) if self.ended else ExitCode.CANCELED)
 
     def refresh(self) -> None:
         with self.lock:
@@ -390,8 +452,10 @@ class Monitor(threading.Thread):
             log.info("%s%s", "done: " if final else "progress: ", line)
 
 
-def export(world, cfg: ExportConfig) -> ExitCode:
-    """Collective: run one export task on every rank of `world`; returns the exit code."""
+def export(world, cfg: ExportConfig, watch: SignalWatch | None = None) -> ExitCode:
+    """Collective: run one export task on every rank of `world`; returns the exit code.
+    `watch`: this rank's signals (SIGTERM, SIGINT), which cancel the task."""
+    watch = watch or SignalWatch(cfg.transfer.cancel_grace)
     state = StateDir(cfg.state_dir)
     fs_lock = state.fs_lock(cfg.file_system_id)  # held by rank 0 for the whole task
     if world.rank == 0:
@@ -416,11 +480,14 @@ def export(world, cfg: ExportConfig) -> ExitCode:
         tally.rows(local)
         tally.discovered = sum(1 for leg in setup.legs for e in leg.roots if e.path) + len(setup.outside)
         scheduler = Scheduler([], world.size, reads_per_ost=cfg.transfer.reads_per_ost)
-        monitor = Monitor(cfg, state, rec, scheduler, lock)
+        monitor = Monitor(cfg, state, rec, scheduler, lock, watch,
+                          lambda attrs: shard.report_so_far(state.task_dir(setup.task_id), world.size, attrs),
+                          world.abort)
+        monitor.check_cancel()  # a signal while the task was prepared: nothing is sent
         monitor.start()
     for leg in setup.legs:
         if not leg.failed:
-            _run_leg(world, cfg, setup.task_id, leg, scheduler, lock, shard, tally)
+            _run_leg(world, cfg, setup.task_id, leg, scheduler, lock, watch, shard, tally)
     lost = shard.finish(_store(cfg, cfg.report_path), cfg.report_path, setup.task_id)
     ends = world.allgather((tally, shard.fault, lost))  # every shard is written before rank 0 combines them
     code = None
@@ -452,13 +519,20 @@ class _Shard:
             raise StateError(self.fault.name, self.fault.detail)
         self.writer.add(rows)
 
+    def report_so_far(self, directory: str, nranks: int, attrs: dict) -> None:
+        """Rank 0, when the job must end before every rank is done: this shard finished, and
+        the local report put together from the shards there are."""
+        if self.writer is not None and not self.writer.finished:
+            self.writer.finish()
+        combine(directory, nranks, attrs, partial=True)
+
     def finish(self, store: S3Store, report: S3Url, task_id: str) -> str:
         """Write the shard's HDF5 file and put it beside the report in the bucket; returns the
         store's error if it could not go there ("" when it went)."""
         if self.writer is None:
             return ""
         try:
-            path = self.writer.finish()
+            path = self.writer.paths[REPORT_H5] if self.writer.finished else self.writer.finish()
         except StateError as e:
             self.fault = self.fault or e
             return ""
@@ -467,7 +541,7 @@ class _Shard:
 
 
 def _run_leg(world, cfg: ExportConfig, task_id: str, leg: Leg, scheduler: Scheduler | None,
-             lock: threading.Lock, shard: _Shard, tally: Tally) -> None:
+             lock: threading.Lock, watch: SignalWatch, shard: _Shard, tally: Tally) -> None:
     """Collective: export one leg's paths to its repository; its manifest is merged at the end.
     Each rank's rows go to its `shard` and its counts to `tally`."""
     from .parallel import run_work
@@ -488,7 +562,7 @@ def _run_leg(world, cfg: ExportConfig, task_id: str, leg: Leg, scheduler: Schedu
     world.barrier()  # the leg's first units are queued before any rank asks for work
     run_work(world, scheduler, lock,
              lambda ch: Worker(transfer, ch, t.concurrency, t.parts_in_flight, delta.flush,
-                               rows=_prefixed(shard.add, leg.prefix), tally=tally), STOP)
+                               rows=_prefixed(shard.add, leg.prefix), tally=tally, watch=watch), STOP)
     if world.rank == 0:
         _abort_unclaimed(transfer, scheduler, leg.roots)
     if store.bucket_lost:  # what this task wrote may be gone with the bucket: the next task reconciles
@@ -549,9 +623,10 @@ def _finish(cfg: ExportConfig, state: StateDir, store: S3Store, scheduler: Sched
     """Rank 0, every rank done: the record's end state and counts (`total`, the ranks' counts
     summed), the report combined from the shards and put in the bucket."""
     monitor.done.set()
-    monitor.join()
+    monitor.left.wait()
     monitor.check_cancel()
     rec = monitor.rec
+    monitor.ending.acquire()  # an abort's watchdog lets this end the task, or cuts a stuck upload short
     p = scheduler.progress(total)
     monitor.final = p
     rec.counts = p.counts
@@ -564,12 +639,12 @@ def _finish(cfg: ExportConfig, state: StateDir, store: S3Store, scheduler: Sched
     _end(planned, final, message)
     try:
         report = combine(state.task_dir(rec.task_id), rec.ranks, _attrs(planned))
+        monitor.settled, monitor.ended = planned, True
         lost = _upload_report(store, cfg.report_path, rec.task_id, report) or lost_shard
     except StateError as e:
         log.error("the completion report of task %s could not be written: %s", rec.task_id, e)
         lost = ""
-    code = {TaskLifecycle.SUCCEEDED: ExitCode.SUCCEEDED, TaskLifecycle.CANCELED: ExitCode.CANCELED}.get(
-        final, ExitCode.FILES_FAILED)
+    code = _exit_code(final)
     where = f"{cfg.report_path}/{rec.task_id}/"
     if lost:  # the record and the exit code say so; the state directory keeps the copy
         where = state.task_dir(rec.task_id) + "/ (not in the bucket)"
@@ -579,6 +654,10 @@ def _finish(cfg: ExportConfig, state: StateDir, store: S3Store, scheduler: Sched
             code = ExitCode.STORE_UNREACHABLE
     _end(rec, final, message)
     state.write_last(rec)
+    monitor.ending.release()
+    monitor.over.set()
+    if monitor.watchdog is not None:
+        monitor.watchdog.cancel()
     monitor.print_progress(final=True)
     log.info("task %s %s: %d succeeded, %d failed, %d skipped, %d unchanged, %d deleted, %d retries, "
              "%d bytes sent, %d bytes of earlier uploads reused; report %s", rec.task_id,
@@ -588,6 +667,11 @@ def _finish(cfg: ExportConfig, state: StateDir, store: S3Store, scheduler: Sched
         log.error("task %s %s: %s", rec.task_id, rec.lifecycle.value, scheduler.fault)
         return ExitCode.STATE_UNUSABLE
     return code
+
+
+def _exit_code(lifecycle: TaskLifecycle) -> ExitCode:
+    return {TaskLifecycle.SUCCEEDED: ExitCode.SUCCEEDED, TaskLifecycle.CANCELED: ExitCode.CANCELED}.get(
+        lifecycle, ExitCode.FILES_FAILED)
 
 
 def _end(rec: TaskRecord, final: TaskLifecycle, message: str) -> None:

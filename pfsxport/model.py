@@ -191,7 +191,7 @@ class PartUnit:
 
 @dataclass(slots=True)
 class FinishUnit:
-    """Complete (parts given) or abort (error_code given) a multipart upload."""
+    """Complete (parts given) or abort (error_code given, or canceled) a multipart upload."""
 
     upload_id: str
     key: str
@@ -207,6 +207,7 @@ class FinishUnit:
     retry_file: bool = False  # after aborting, export the file again (it changed under us)
     started: float = 0.0
     uid: int = 0
+    canceled: bool = False  # abort it: the task stops before its parts are all in (no report row)
 
 
 Unit = DirUnit | BatchUnit | LargeFileUnit | PartUnit | FinishUnit | CopyUnit | DeleteUnit | DeleteTreeUnit

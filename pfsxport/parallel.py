@@ -81,9 +81,9 @@ class _LocalChannel:
         self.lock = lock
         self._reply = None
 
-    def post(self, outcomes, want_light, want_heavy, tally) -> None:
+    def post(self, outcomes, want_light, want_heavy, halt, tally) -> None:
         with self.lock:
-            self._reply = self.scheduler.serve(0, outcomes, want_light, want_heavy, tally)
+            self._reply = self.scheduler.serve(0, outcomes, want_light, want_heavy, halt, tally)
 
     def poll(self):
         reply, self._reply = self._reply, None
@@ -97,8 +97,8 @@ class _MpiChannel:
     def __init__(self, world: World):
         self.comm = world.comm
 
-    def post(self, outcomes, want_light, want_heavy, tally) -> None:
-        self.comm.send((outcomes, want_light, want_heavy, tally), dest=0, tag=_REQ)
+    def post(self, outcomes, want_light, want_heavy, halt, tally) -> None:
+        self.comm.send((outcomes, want_light, want_heavy, int(halt), tally), dest=0, tag=_REQ)
 
     def poll(self):
         return self.comm.recv(source=0, tag=_REP) if self.comm.iprobe(source=0, tag=_REP) else None
@@ -119,11 +119,11 @@ def _serve(world: World, scheduler, lock: threading.Lock, stop_signal, failed: l
                 continue
             delay = 0.0
             src = status.Get_source()
-            outcomes, wl, wh, tally = comm.recv(source=src, tag=_REQ)
+            outcomes, wl, wh, halt, tally = comm.recv(source=src, tag=_REQ)
             with lock:
-                reply = scheduler.serve(src, outcomes, wl, wh, tally)
-            comm.send(reply, dest=src, tag=_REP)
-            if reply[0] is stop_signal:
+                reply, told = scheduler.serve(src, outcomes, wl, wh, halt, tally)
+            comm.send((reply, int(told)), dest=src, tag=_REP)
+            if reply is stop_signal:
                 remaining -= 1
     except BaseException as e:  # noqa: BLE001 - reported and turned into an abort by the caller
         failed.append(e)

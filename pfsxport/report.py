@@ -70,6 +70,7 @@ class ReportWriter:
         self.paths = shard_paths(directory, rank)
         self._spill_path = self.paths[REPORT_H5] + ".rows.pickle"
         self.fault: StateError | None = None
+        self.finished = False
         try:
             os.makedirs(os.path.dirname(self._spill_path), exist_ok=True)
             self._failures = open(self.paths[FAILURES], "w", encoding="utf-8", newline="")
@@ -113,6 +114,7 @@ class ReportWriter:
     def finish(self) -> str:
         """Close the shard's CSVs and write its HDF5 file; returns that file's path. Raises
         StateError if the shard could not be written whole; the spill goes anyway."""
+        self.finished = True
         try:
             for f in (self._failures, self._csv, self._spill):
                 try:
@@ -134,13 +136,17 @@ class ReportWriter:
         return self.paths[REPORT_H5]
 
 
-def combine(directory: str, nranks: int, attrs: dict) -> dict[str, str]:
+def combine(directory: str, nranks: int, attrs: dict, partial: bool = False) -> dict[str, str]:
     """Rank 0, once every rank's shard is finished: failures.csv and report.csv from the
     shards' bytes (in rank order), report.h5 as one virtual table over the shards' HDF5
     files (referred to by relative name, so the report directory can be moved or copied
-    whole), with the task's fields as attributes. Returns {name: path}; raises StateError."""
+    whole), with the task's fields as attributes. Returns {name: path}; raises StateError.
+    `partial`: the shards of ranks that never finished theirs are left out (a job ended by
+    force)."""
     paths = {name: os.path.join(directory, name) for name in (FAILURES, REPORT_CSV, REPORT_H5)}
     shards = [shard_paths(directory, r) for r in range(nranks)]
+    if partial:
+        shards = [sh for sh in shards if os.path.exists(sh[REPORT_H5])]
     try:
         for name, header in ((FAILURES, ""), (REPORT_CSV, ",".join(COLUMNS) + "\n")):
             tmp = paths[name] + ".tmp"

@@ -3,6 +3,8 @@
 Pure: no MPI, no S3. Lives on rank 0; `parallel` feeds it every rank's outcomes and asks
 it for units. It owns the bookkeeping of multipart uploads: every upload it learns of
 ends in exactly one FinishUnit (complete or abort), so none is left open when it stops.
+A cancel drops queued entries and lets open uploads finish; an abort (a second signal, the
+end of the grace) ends every open upload with an abort at once (see halt).
 
 Order of work: finishing uploads first, then their parts (few open uploads at a time),
 then small-entry batches, then directory scans (a stack: depth first keeps it small);
@@ -24,6 +26,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .halt import Halt
 from .lifecycle import Counts
 from .model import (
     BatchUnit,
@@ -181,6 +184,9 @@ class Scheduler:
         self.reused_bytes = 0  # parts of uploads a dead job left open, completed without re-sending
         self.canceled = False
         self.fault: Exception | None = None  # why the task was halted (a StateError)
+        self.aborted = False
+        self.aborted_uploads = 0  # open uploads that the abort ended
+        self.told = Halt.NONE  # the furthest stop any rank asked for (a signal it got)
         self._uid = 0
         for u in roots:
             self._push(u)
@@ -244,6 +250,8 @@ class Scheduler:
                     self._push(BatchUnit([e]))
 
     def _push(self, unit) -> None:
+        if self.canceled and not isinstance(unit, (PartUnit, FinishUnit)):
+            return  # a canceled task starts no more entries
         if isinstance(unit, BatchUnit):
             unit.entries = [e for e in unit.entries if not self._linked(e)]
             if not unit.entries:
@@ -276,9 +284,9 @@ class Scheduler:
                 self._primary_done(path, status, checksum)
         if o.fault is not None:
             self.halt(o.fault)
+        if self.aborted:  # an upload started now is aborted by the rank that started it
+            return
         for u in o.units:
-            if self.canceled and not isinstance(u, (PartUnit, FinishUnit)):
-                continue
             self._push(u)
         for s in o.started:
             self._start_upload(s)
@@ -383,15 +391,27 @@ class Scheduler:
         if self.finished and any(ino.waiting for ino in self.inodes.values()):
             self._release_stranded()
             return self.exchange(rank, [], want_light, want_heavy)
-        return STOP if self.finished else WAIT
+        return STOP if self.finished or (self.aborted and not self.finish) else WAIT
 
     def serve(self, rank: int, outcomes: list[UnitOutcome], want_light: int, want_heavy: int,
-              tally: Tally | None = None):
-        """exchange() plus whether the task is canceled, so ranks drop what they hold queued.
-        `tally`: the rank's counts so far (its rows stay with it)."""
+              halt: Halt = Halt.NONE, tally: Tally | None = None):
+        """exchange() plus how far the task stops (Halt), so ranks drop what they hold queued;
+        `halt` is how far the asking rank was told to stop by a signal, `tally` its counts so
+        far (its rows stay with it)."""
         if tally is not None:
             self.tallies[rank] = tally
-        return self.exchange(rank, outcomes, want_light, want_heavy), self.canceled
+        if halt > self.told:
+            self.told = Halt(halt)
+            if halt >= Halt.ABORT:
+                self.abort()
+            else:
+                self.cancel()
+        return self.exchange(rank, outcomes, want_light, want_heavy), self.level
+
+    @property
+    def level(self) -> Halt:
+        """How far the task stops: not, as a cancel, or aborted."""
+        return Halt.ABORT if self.aborted else Halt.CANCEL if self.canceled else Halt.NONE
 
     @property
     def finished(self) -> bool:
@@ -410,6 +430,22 @@ class Scheduler:
         if self.fault is None:
             self.fault = fault
         self.cancel()
+
+    def abort(self) -> None:
+        """Stop now: queued parts are dropped and every open upload gets its FinishUnit at once,
+        an abort; finishes are all that is handed out any more, then STOP. Parts and entries in
+        flight are not waited for; their outcomes are taken if they come."""
+        if self.aborted:
+            return
+        self.cancel()
+        self.aborted = True
+        self.parts = _PartQueue(self.parts.cap)
+        self.aborted_uploads = len(self.uploads)
+        for upload_id, up in self.uploads.items():
+            s = up.started
+            self._push(FinishUnit(upload_id, s.key, s.entry, s.entry.snapshot(), [], [], 0, s.attempt, (),
+                                  started=s.started, canceled=True))
+        self.uploads.clear()
 
     def progress(self, tally: Tally | None = None) -> Progress:
         """The task's progress from the ranks' latest counts (or from `tally`, the final sum)."""

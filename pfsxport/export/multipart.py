@@ -98,7 +98,8 @@ class Multipart:
         return None
 
     def abort_open(self, resume) -> None:
-        """Abort an upload left open by a dead job (it will not be completed)."""
+        """Abort an upload that will not be completed: one a dead job left open, or one this
+        rank started when the task was aborted (anything with `key` and `upload_id`)."""
         try:
             self.ctx.store.abort_multipart(resume.key, resume.upload_id)
             self.ctx.delta.add("E", resume.upload_id)
@@ -151,6 +152,9 @@ class Multipart:
         """Complete the upload if every part is in and the file is unchanged; else abort it,
         and export the file again if it only changed under us (bounded), else fail it."""
         out = UnitOutcome(unit.uid)
+        if unit.canceled:  # the task was aborted while its parts were in flight: no row
+            self.abort_open(unit)
+            return out
         e = unit.entry
         code, message, retry = unit.error_code, unit.error_message, unit.retry_file
         try:

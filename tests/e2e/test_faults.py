@@ -6,7 +6,11 @@ the job.
 The faults come from tests/faultproxy.py, a small HTTP proxy of ours on 127.0.0.1 in front of
 SeaweedFS. pfsxport talks to the proxy; the tests read the bucket straight from SeaweedFS.
 Which requests get a fault depends on timing (the proxy draws in arrival order from a seeded
-generator), so every assertion here holds whichever requests are hit."""
+generator), so every assertion here holds whichever requests are hit.
+
+Signals are faults from the other side: scancel, walltime, a node drain and Ctrl-C send SIGTERM
+or SIGINT to a running export. Those tests slow the export with the test hook
+PFSXPORT_TEST_ENTRY_DELAY and signal it while multipart uploads are open."""
 from __future__ import annotations
 
 import csv
@@ -15,15 +19,23 @@ import json
 import os
 import random
 import re
+import signal
 import subprocess
 import time
 from contextlib import contextmanager
 
 import pytest
-
 from conftest import describe, export_cmd, list_keys, pfsxport, run_export, task_id_of
-from faultproxy import (FaultProxy, idempotent, is_complete_multipart, is_create_multipart, is_list_uploads,
-                        is_put, is_upload_part, key_contains)
+from faultproxy import (
+    FaultProxy,
+    idempotent,
+    is_complete_multipart,
+    is_create_multipart,
+    is_list_uploads,
+    is_put,
+    is_upload_part,
+    key_contains,
+)
 from test_incremental import Poller
 from treeutil import assert_bucket_matches_tree, settle_atimes
 
@@ -408,3 +420,234 @@ def test_a_manifest_overwritten_with_garbage_fails_the_task_and_says_what_to_do(
     r = run_export(seaweed, [*args, "--full"], ranks=2)
     assert r.returncode == 0, r.stderr
     assert_bucket_matches_tree(seaweed.client(), bucket, "x/", root, dir_metadata=False, content_types=False)
+
+
+# ---- signals: scancel, walltime, a node drain, Ctrl-C -------------------------------------------
+
+def _children() -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        out.setdefault(ppid, []).append(int(name))
+    return out
+
+
+def descendants(pid: int) -> list[int]:
+    children, out, todo = _children(), [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+class SlowExport:
+    """`pfsxport export` of make_tree's tree (200 small files, 3 files of 4 parts), under
+    `mpiexec -n ranks` or alone (ranks None), slowed by the test hook (`delay` s per entry,
+    4 x delay per part), in a session of its own so that a signal to its process group is what
+    Ctrl-C in a terminal sends. stderr goes to a file (a pipe could fill up and stall it)."""
+
+    def __init__(self, seaweed, tmp_path, ranks: int | None, delay: float, *extra: str):
+        self.root = make_tree(tmp_path / "fs", small=200, dirs=4, big=3, parts=4)
+        self.bucket = seaweed.new_bucket()
+        self.state = str(tmp_path / "st")
+        self.client = seaweed.client()
+        self.entries = 200 + 4 + 1 + 3
+        a = ["--fs-root", self.root, "--repository", f"s3://{self.bucket}/x/", "--report-path",
+             f"s3://{self.bucket}/reports", "--state-dir", self.state, "--part-size", "5MiB",
+             "--multipart-threshold", "5MiB", "--concurrency", "2", "--parts-in-flight", "2", "--progress", "off",
+             *extra]
+        env = {**os.environ, **seaweed.env(), "PFSXPORT_TEST_ENTRY_DELAY": str(delay)}
+        env.pop("PFSXPORT_STATE_DIR", None)
+        self.err_path = tmp_path / "stderr.txt"
+        self._err = open(self.err_path, "w")
+        self.proc = subprocess.Popen(export_cmd(ranks, a), env=env, stdout=subprocess.PIPE, stderr=self._err,
+                                     text=True, start_new_session=True)
+        self.family: set[int] = set()
+
+    def task_id(self) -> str:
+        line = self.proc.stdout.readline().strip()
+        assert line.startswith("task-"), f"no task id printed: {line!r}\n{self.stderr()[-4000:]}"
+        self.task = line
+        return line
+
+    def wait_for(self, pred, timeout: float = 60) -> bool:
+        """Poll until pred() or the export has ended."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            self.family.update(descendants(self.proc.pid))
+            if pred():
+                return True
+            time.sleep(0.1)
+        return pred()
+
+    def open_uploads(self) -> list:
+        return open_uploads(self.client, self.bucket)
+
+    def running_with_open_uploads(self) -> list:
+        """Wait until multipart uploads are open in the bucket; returns them."""
+        assert self.wait_for(self.open_uploads), f"no upload opened\n{self.stderr()[-4000:]}"
+        assert self.proc.poll() is None
+        return self.open_uploads()
+
+    def rank_pid(self, rank: int) -> int:
+        """The process of MPI rank `rank` under the launcher (hydra gives each its PMI_RANK)."""
+        for pid in descendants(self.proc.pid):
+            try:
+                with open(f"/proc/{pid}/environ", "rb") as f:
+                    env = f.read().split(b"\0")
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmd = f.read()
+            except OSError:
+                continue
+            if f"PMI_RANK={rank}".encode() in env and b"pfsxport" in cmd:
+                return pid
+        raise AssertionError(f"no rank {rank} under {self.proc.pid}")
+
+    def send(self, target, sig: int) -> None:
+        """`target`: "launcher" (mpiexec, or the one process), "group" (its process group, as
+        Ctrl-C does), or a rank number (that process only, as a plain `kill` does)."""
+        if target == "launcher":
+            self.proc.send_signal(sig)
+        elif target == "group":
+            os.killpg(self.proc.pid, sig)
+        else:
+            os.kill(self.rank_pid(target), sig)
+
+    def wait(self, timeout: float = 120) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise AssertionError(f"the export did not end {timeout} s after the signal\n{self.stderr()[-4000:]}")
+
+    def stop(self) -> None:
+        """Kill what is left of it, by pid: the launcher, and the processes it started that
+        still run this export (its state directory is on their command line)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        for pid in {*descendants(self.proc.pid), *self.family}:
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if self.state.encode() not in f.read():
+                        continue
+                os.kill(pid, signal.SIGKILL)
+            except (FileNotFoundError, ProcessLookupError):
+                pass
+        self.proc.wait(30)
+
+    def stderr(self) -> str:
+        self._err.flush()
+        return self.err_path.read_text(errors="replace")
+
+    def assert_canceled(self, code: int) -> dict:
+        """Exit 4, the task CANCELED with its report, no traceback, no upload left open."""
+        err = self.stderr()
+        assert code == 4, f"exit {code}\n{err[-4000:]}"
+        assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-4000:]
+        t = describe(self.task, self.state)
+        assert t["Lifecycle"] == "CANCELED" and "EndTime" in t and "FailureDetails" not in t, t
+        st = t["Status"]
+        assert st["TotalCount"] == st["SucceededCount"] + st["FailedCount"] < self.entries, st  # queued: not started
+        assert self.open_uploads() == [], "multipart uploads left open"
+        keys = list_keys(self.client, self.bucket)
+        assert f"reports/{self.task}/failures.csv" in keys, sorted(keys)
+        assert os.path.exists(os.path.join(self.state, "tasks", self.task, "report.h5"))
+        for i in range(3):  # nothing torn: each big file whole, or not there
+            key = f"x/big/b{i}"
+            assert key not in keys or keys[key] == os.path.getsize(os.path.join(self.root, "big", f"b{i}"))
+        return keys
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("ranks, target, sig", [
+    (2, "launcher", signal.SIGTERM),  # scancel, walltime: what srun and mpiexec pass on to every rank
+    (2, "launcher", signal.SIGINT),  # Ctrl-C on mpiexec's terminal, passed on to every rank
+    (2, 0, signal.SIGTERM),  # a plain `kill` of rank 0
+    (2, 1, signal.SIGTERM),  # a plain `kill` of another rank: the cancel still reaches rank 0
+    (None, "group", signal.SIGINT),  # Ctrl-C on a single process
+    (None, "launcher", signal.SIGTERM),
+], ids=["SIGTERM-mpiexec", "SIGINT-mpiexec", "SIGTERM-rank0", "SIGTERM-rank1", "Ctrl-C-single", "SIGTERM-single"])
+def test_a_signal_cancels_the_task(seaweed, tmp_path, ranks, target, sig):
+    """Queued files are not started, files in flight finish, the task ends CANCELED with its
+    report, and no multipart upload is left open: the same as `pfsxport task cancel`."""
+    run = SlowExport(seaweed, tmp_path, ranks, 0.2)
+    try:
+        run.task_id()
+        run.running_with_open_uploads()
+        run.send(target, sig)
+        code = run.wait()
+    finally:
+        run.stop()
+    run.assert_canceled(code)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("how, ranks, target, sig", [
+    ("second signal", 2, "launcher", signal.SIGTERM),
+    ("second signal", None, "group", signal.SIGINT),  # Ctrl-C twice on a single process
+    ("grace runs out", 2, "launcher", signal.SIGTERM),
+], ids=["second-SIGTERM-mpiexec", "second-Ctrl-C-single", "grace-mpiexec"])
+def test_a_second_signal_or_the_end_of_the_grace_aborts_the_open_uploads(seaweed, tmp_path, how, ranks, target,
+                                                                         sig):
+    """Parts take 8 s here. A second signal, or the end of transfer.cancel_grace, does not wait
+    for them: the open uploads are aborted (their files do not appear), the task ends CANCELED
+    with its report and the job exits 4 at once."""
+    grace = "1" if how == "grace runs out" else "120"
+    run = SlowExport(seaweed, tmp_path, ranks, 2.0, "--cancel-grace", grace)
+    try:
+        task = run.task_id()
+        opened = run.running_with_open_uploads()
+        run.send(target, sig)
+        assert run.wait_for(lambda: describe(task, run.state)["Lifecycle"] != "EXECUTING")
+        life = describe(task, run.state)["Lifecycle"]
+        if how == "second signal":
+            from pfsxport.halt import REPEAT
+
+            assert life == "CANCELING", life  # the first signal: a cancel, waiting for the parts in flight
+            time.sleep(REPEAT + 0.5)  # a signal sooner than this after the first is a duplicate of it
+            run.send(target, sig)
+        else:
+            assert life in ("CANCELING", "CANCELED"), life
+        code = run.wait(60)
+    finally:
+        run.stop()
+    keys = run.assert_canceled(code)
+    assert opened and not {u["Key"] for u in opened} & set(keys), "an upload open at the signal was completed"
+
+
+@pytest.mark.timeout(180)
+def test_an_abort_the_store_does_not_answer_still_ends_the_job(seaweed, tmp_path):
+    """The store holds every AbortMultipartUpload: the job ends anyway once halt.ABORT_WAIT has
+    passed, exit 4 with the task CANCELED and its report in the state directory. The uploads it
+    could not abort are aborted by the next export, which then exports the whole tree."""
+    from pfsxport.halt import ABORT_WAIT
+
+    held = lambda r: r.method == "DELETE" and "uploadId" in r.query  # noqa: E731
+    with FaultProxy(seaweed.endpoint, rates={"delay": 1.0}, when=held, delay_seconds=4 * ABORT_WAIT + 30) as proxy:
+        run = SlowExport(seaweed, tmp_path, 2, 2.0, "--cancel-grace", "1", "--endpoint-url", proxy.url)
+        try:
+            task = run.task_id()
+            run.running_with_open_uploads()
+            run.send("launcher", signal.SIGTERM)
+            code = run.wait(60)
+        finally:
+            run.stop()
+        err = run.stderr()
+        assert code == 4, err[-4000:]
+        assert proxy.counts["delay"] > 0, proxy.summary()
+    assert "Traceback" not in err and "did not stop within" in err, err[-4000:]
+    t = describe(task, run.state)
+    assert t["Lifecycle"] == "CANCELED" and "FailureDetails" not in t, t
+    assert os.path.exists(os.path.join(run.state, "tasks", task, "report.h5"))
+    assert run.open_uploads(), "nothing was left open: the store did answer the aborts"
+    again = run_export(seaweed, ["--fs-root", run.root, "--repository", f"s3://{run.bucket}/x/", "--report-path",
+                                 f"s3://{run.bucket}/reports", "--state-dir", run.state, "--part-size", "5MiB",
+                                 "--multipart-threshold", "5MiB", "--progress", "off"], ranks=2, timeout=120)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert run.open_uploads() == []
+    assert_bucket_matches_tree(run.client, run.bucket, "x/", run.root, dir_metadata=False, content_types=False)

@@ -12,7 +12,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import describe, list_keys
 from treeutil import PART, assert_bucket_matches_tree, settle_atimes
 
@@ -321,3 +320,46 @@ def test_task_cancel_of_a_running_slurm_task(slurm, seaweed, tmp_path):
     t = describe(task, state)
     assert t["Lifecycle"] == "CANCELED" and t["Status"]["TotalCount"] < 256
     assert seaweed.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+@pytest.mark.timeout(150, func_only=True)
+@pytest.mark.parametrize("launcher", ["srun", "mpiexec"])
+def test_scancel_of_a_running_export_job(slurm, seaweed, tmp_path, launcher):
+    """`scancel JOB` (as walltime and a node drain do) sends SIGTERM to every process of the
+    job: each rank, srun or mpiexec, and the batch shell. The task is canceled as `task cancel`
+    would: it ends CANCELED with its report, no multipart upload is left open, nothing prints a
+    traceback, and the job's exit status is pfsxport's 'canceled' (4)."""
+    root = small_tree(tmp_path / "fs")
+    for i in range(200):
+        with open(os.path.join(root, "a", f"more-{i:03d}"), "w") as f:
+            f.write(f"{i}\n")
+    for i in range(2):
+        with open(os.path.join(root, "c", f"big-{i}.bin"), "wb") as f:
+            f.write(os.urandom(3 * PART + 1))
+    bucket = seaweed.new_bucket()
+    state = tmp_path / "state"
+    extra = {"PFSXPORT_LAUNCHER": "mpiexec"} if launcher == "mpiexec" else {}
+    env = job_env(seaweed, slurm, PFSXPORT=PFSXPORT, PFSXPORT_TEST_ENTRY_DELAY="0.2", **extra)
+    # a grace well inside the test cluster's KillWait (10 s), after which Slurm sends SIGKILL
+    job = slurm.sbatch(["--ntasks=2", "--time=5", f"--output={tmp_path}/export-%j.out", EXPORT,
+                        *export_args(root, bucket, state), "--concurrency", "2", "--cancel-grace", "4"],
+                       env=env, cwd=str(tmp_path))
+    client = seaweed.client()
+    deadline = time.monotonic() + 60
+    while not client.list_multipart_uploads(Bucket=bucket).get("Uploads") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    info = slurm.job(job)
+    assert info["JobState"] == "RUNNING" and client.list_multipart_uploads(Bucket=bucket).get("Uploads"), \
+        explain(slurm, info)
+    slurm.scancel(job)
+    info = slurm.wait(job, timeout=60)
+    log = output(info)
+    assert (info["JobState"], info["ExitCode"]) == ("CANCELLED", "4:0"), explain(slurm, info)
+    assert "Traceback" not in log, log
+    assert ranks_logged(log) == [2], log
+    (task,) = TASK_ID.findall(log)
+    t = describe(task, str(state))
+    assert t["Lifecycle"] == "CANCELED" and "FailureDetails" not in t, t
+    assert t["Status"]["TotalCount"] < 200 + 51 + 2 + 5, t  # queued files were not started
+    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert f"reports/{task}/failures.csv" in list_keys(client, bucket, "reports/")

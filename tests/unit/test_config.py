@@ -132,6 +132,8 @@ def test_unreadable_path_is_a_config_error(tmp_path):
     ("s3.max_object_size", "6TiB", "size"),
     ("transfer.concurrency", 0, "integer"),
     ("transfer.concurrency", 5000, "integer"),
+    ("transfer.cancel_grace", -1, "number"),
+    ("transfer.cancel_grace", "soon", "number"),
     ("progress.mode", "fancy", "auto, bar, log, off"),
     ("progress.interval", -1, "number"),
     ("file_system_id", "fs-XYZ", "fs-"),
@@ -222,6 +224,7 @@ def test_defaults(root, monkeypatch):
     assert cfg.s3.addressing_style == "auto"
     assert cfg.progress == "auto"
     assert (cfg.full, cfg.delete, cfg.reconcile) == (False, False, False)
+    assert cfg.transfer.cancel_grace == 15.0  # under Slurm's default KillWait (30 s) with the abort's 10 s
     assert re.fullmatch(r"fs-[0-9a-f]{17}", cfg.file_system_id)  # FSx FileSystemId shape (T-4)
     assert cfg.file_system_id == file_system_id_for(root)
 

@@ -1,15 +1,31 @@
 """pfsxport.schedule.Scheduler driven by hand: no MPI, no S3, fake units and outcomes.
 
 Requirements: STOP only when nothing is left anywhere; every multipart upload ends in exactly one
-FinishUnit; cancel (T-7) drops queued work but lets open uploads finish; counts add up (T-5)."""
+FinishUnit; cancel (T-7) drops queued work but lets open uploads finish; an abort (a second signal,
+the end of the grace) ends every open upload at once; counts add up (T-5)."""
 from __future__ import annotations
 
 import pickle
 
 import pytest
 
-from pfsxport.model import (BatchUnit, DirUnit, Discovered, Entry, EntryKind, FinishUnit, LargeFileUnit, Part,
-                            PartDone, PartUnit, ReportRow, RowStatus, UnitOutcome, UploadStarted)
+from pfsxport.halt import Halt
+from pfsxport.model import (
+    BatchUnit,
+    DirUnit,
+    Discovered,
+    Entry,
+    EntryKind,
+    FinishUnit,
+    LargeFileUnit,
+    Part,
+    PartDone,
+    PartUnit,
+    ReportRow,
+    RowStatus,
+    UnitOutcome,
+    UploadStarted,
+)
 from pfsxport.schedule import STOP, WAIT, Scheduler
 from pfsxport.share import Tally
 
@@ -366,6 +382,65 @@ def test_cancel_lets_in_flight_large_file_start_and_finish():
     assert isinstance(fin, FinishUnit)
 
 
+# ---- abort: a second signal, the end of the grace ----------------------------------------------
+
+def test_abort_ends_open_uploads_at_once_and_hands_out_nothing_else():
+    s, sink = make([LargeFileUnit(fentry("big")), LargeFileUnit(fentry("big2")), DirUnit("d"),
+                    BatchUnit([fentry("x", 1)])])
+    [lfu] = s.exchange(0, [], 0, 1)
+    [p1] = s.exchange(0, [UnitOutcome(lfu.uid, started=[started("up1", nparts=3)])], 0, 1)
+    s.abort()
+    assert s.canceled and s.aborted and s.halt is Halt.ABORT and s.aborted_uploads == 1
+    # the part in flight is not waited for: the upload's abort goes out first, and only that
+    reply, halt = s.serve(1, [], 8, 8)
+    assert halt is Halt.ABORT
+    [fin] = reply
+    assert isinstance(fin, FinishUnit) and fin.canceled and fin.upload_id == "up1" and fin.key == "prefix/big"
+    assert s.serve(1, [], 8, 8) == (STOP, Halt.ABORT)
+    # the late part and the abort's outcome change nothing; a rank asking now is told STOP
+    assert s.exchange(0, [done(p1), UnitOutcome(fin.uid)], 8, 8) is STOP
+    assert sink == [] and s.progress().counts.total == 0
+
+
+def test_abort_lets_queued_finishes_go_out_as_they_are():
+    s, _ = open_upload(nparts=1)  # its one part is handed out
+    [part] = [u for u in _ if isinstance(u, PartUnit)]
+    s.exchange(0, [done(part)], 0, 0)  # every part in: its finish (a complete) is queued
+    s.abort()
+    [fin] = s.exchange(0, [], 8, 0)
+    assert isinstance(fin, FinishUnit) and not fin.canceled and fin.parts  # completed, not thrown away
+    assert s.exchange(0, [], 8, 0) is STOP
+
+
+def test_an_upload_reported_after_the_abort_is_left_to_its_rank():
+    """The rank that started it hears ABORT in the same reply and aborts it itself."""
+    s, _ = make([LargeFileUnit(fentry())])
+    [lfu] = s.exchange(0, [], 0, 1)
+    s.abort()
+    reply, halt = s.serve(0, [UnitOutcome(lfu.uid, started=[started("late")])], 8, 8)
+    assert (reply, halt) == (STOP, Halt.ABORT) and not s.uploads
+
+
+@pytest.mark.parametrize("told, canceled, aborted", [(Halt.NONE, False, False), (Halt.CANCEL, True, False),
+                                                     (Halt.ABORT, True, True)])
+def test_a_rank_signalled_stops_the_task(told, canceled, aborted):
+    """Any rank's signal reaches rank 0 with that rank's next request."""
+    s, _ = make([DirUnit("a"), DirUnit("b"), LargeFileUnit(fentry())])
+    reply, halt = s.serve(1, [], 1, 0, told)
+    assert (s.told, s.canceled, s.aborted, halt) == (told, canceled, aborted, told)
+    assert (reply is STOP) == canceled
+
+
+def test_after_a_cancel_waiting_hard_links_are_not_started():
+    a, b = (Entry(p, EntryKind.FILE, 10, 0o100644, 1, 1, 10, 20, 30, ino=9, nlink=2) for p in ("a", "b"))
+    s, _ = make([BatchUnit([a, b])])
+    [batch] = s.exchange(0, [], 1, 0)
+    assert [e.path for e in batch.entries] == ["a"]  # b waits to be copied from a
+    s.cancel()
+    assert s.exchange(0, [UnitOutcome(batch.uid, rows=[ReportRow("a", "file", 10, RowStatus.SUCCEEDED)])],
+                      8, 0) is STOP
+
+
 # ---- counts (T-5) --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("statuses, total, succeeded, failed, skipped", [
@@ -405,8 +480,8 @@ class _Dir:
 
 
 def _transfer(manifest=None, full=False):
-    from pfsxport.metadata import S3Url
     from pfsxport.export import Transfer, TransferOptions
+    from pfsxport.metadata import S3Url
 
     return Transfer("/nonexistent", S3Url("bucket", "p/"), store=None, layouts=None,
                     opts=TransferOptions(16 * MiB, 16 * MiB, 1 << 40, 64, 3), manifest=manifest, full=full)
