@@ -390,7 +390,7 @@ def test_abort_ends_open_uploads_at_once_and_hands_out_nothing_else():
     [lfu] = s.exchange(0, [], 0, 1)
     [p1] = s.exchange(0, [UnitOutcome(lfu.uid, started=[started("up1", nparts=3)])], 0, 1)
     s.abort()
-    assert s.canceled and s.aborted and s.halt is Halt.ABORT and s.aborted_uploads == 1
+    assert s.canceled and s.aborted and s.level is Halt.ABORT and s.aborted_uploads == 1
     # the part in flight is not waited for: the upload's abort goes out first, and only that
     reply, halt = s.serve(1, [], 8, 8)
     assert halt is Halt.ABORT

@@ -63,7 +63,7 @@ class Channel:
         self.requests: list[tuple[list, Halt]] = []
         self._reply = None
 
-    def post(self, outcomes, want_light, want_heavy, halt):
+    def post(self, outcomes, want_light, want_heavy, halt, tally=None):
         self.requests.append((outcomes, halt))
         when, reply = self.script[0]
         if when(outcomes):
@@ -153,7 +153,7 @@ def test_a_signal_during_the_wait_does_not_stall_the_loop():
     burst_done = threading.Event()
 
     class AfterBurst(Channel):
-        def post(self, outcomes, want_light, want_heavy, halt):
+        def post(self, outcomes, want_light, want_heavy, halt, tally=None):
             self.requests.append((outcomes, halt))
             if len(self.requests) == 1:
                 self._reply = ([part(1, 1)], Halt.NONE)
