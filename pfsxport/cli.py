@@ -191,7 +191,8 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--changelog-mdt", help="MDT whose changelog to read, e.g. testfs-MDT0000")
     x.add_argument("--changelog-user", help="registered changelog user, e.g. cl1")
     x.add_argument("--debounce", help="seconds changes gather before a batch goes (default 0.5)")
-    x.add_argument("--rescan-interval", help="seconds between full rescans against the manifest (default 600; 0: never)")
+    x.add_argument("--rescan-interval",
+                   help="seconds between full rescans against the manifest (default 600; 0: never)")
     x.add_argument("--recheck-interval", help="seconds between probes of a MISCONFIGURED repository (default 30)")
     x.add_argument("--hold-timeout", help="a file being written is held until no write was seen for this long "
                    "(default 60)")

@@ -8,8 +8,9 @@ from __future__ import annotations
 import hashlib
 import os
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from .errors import ConfigError
 from .eventlog import LogLevel

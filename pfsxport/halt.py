@@ -14,8 +14,8 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from collections.abc import Callable
 from enum import IntEnum
-from typing import Callable
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # A signal this soon after the previous one is the same signal delivered twice (under
@@ -46,7 +46,7 @@ class SignalWatch:
         self._last = 0.0
         self._previous: dict[int, object] = {}
 
-    def install(self) -> "SignalWatch":
+    def install(self) -> SignalWatch:
         """Catch the signals (only the main thread can; elsewhere this watch sees none)."""
         if threading.current_thread() is threading.main_thread():
             for sig in SIGNALS:
@@ -58,7 +58,7 @@ class SignalWatch:
             signal.signal(sig, previous)
         self._previous.clear()
 
-    def __enter__(self) -> "SignalWatch":
+    def __enter__(self) -> SignalWatch:
         return self.install()
 
     def __exit__(self, *exc) -> None:

@@ -17,7 +17,7 @@ class EntryKind(str, Enum):
     SPECIAL = "special"  # FIFO, socket, device: skipped with a warning
 
     @classmethod
-    def of_mode(cls, mode: int) -> "EntryKind":
+    def of_mode(cls, mode: int) -> EntryKind:
         if _stat.S_ISREG(mode):
             return cls.FILE
         if _stat.S_ISDIR(mode):
@@ -52,7 +52,7 @@ class Entry:
     nlink: int = 1
 
     @classmethod
-    def from_stat(cls, path: str, st) -> "Entry":
+    def from_stat(cls, path: str, st) -> Entry:
         return cls(path, EntryKind.of_mode(st.st_mode), st.st_size, st.st_mode, st.st_uid, st.st_gid,
                    st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_nlink)
 
@@ -250,7 +250,7 @@ class UploadStarted:
     parts: list[Part]
     attempt: int
     started: float
-    reused: list["PartDone"] = field(default_factory=list)  # parts a dead job already uploaded
+    reused: list[PartDone] = field(default_factory=list)  # parts a dead job already uploaded
     retries: int = 0  # retries of the create
 
 
@@ -289,4 +289,4 @@ class UnitOutcome:
     fault: Exception | None = None  # the state directory failed the rank (errors.StateError): stop the task
     # (path, status, checksum) of the rows of hard links, which the scheduler pairs; the rows
     # themselves stay on the rank that made them (its report shard)
-    linked: list[tuple[str, "RowStatus", str]] = field(default_factory=list)
+    linked: list[tuple[str, RowStatus, str]] = field(default_factory=list)

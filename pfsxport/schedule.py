@@ -57,7 +57,7 @@ class _Signal:
         return (_signal, (self.name,))
 
 
-def _signal(name: str) -> "_Signal":
+def _signal(name: str) -> _Signal:
     return {"STOP": STOP, "WAIT": WAIT}[name]
 
 

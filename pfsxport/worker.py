@@ -102,7 +102,7 @@ class _Lanes:
             self.started[kind] = self.started.get(kind, 0) + 1
         q.put((uid, fn))
 
-    def __enter__(self) -> "_Lanes":
+    def __enter__(self) -> _Lanes:
         return self
 
     def abandon(self) -> None:

@@ -523,7 +523,8 @@ class SlowExport:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.stop()
-            raise AssertionError(f"the export did not end {timeout} s after the signal\n{self.stderr()[-4000:]}")
+            raise AssertionError(f"the export did not end {timeout} s after the signal\n{self.stderr()[-4000:]}") \
+                from None
 
     def stop(self) -> None:
         """Kill what is left of it, by pid: the launcher, and the processes it started that

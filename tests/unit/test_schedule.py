@@ -323,7 +323,8 @@ def test_parts_without_a_layout_are_not_capped():
 def test_a_part_reading_several_osts_counts_on_each():
     s, _ = make([LargeFileUnit(fentry("a")), LargeFileUnit(fentry("b"))], reads_per_ost=1)
     a, b = s.exchange(0, [], 0, 2)
-    wide = UploadStarted("upA", "prefix/a", fentry("a"), [Part(1, 0, 16 * MiB, (1, 2)), Part(2, 16 * MiB, 16 * MiB, (1, 2))],
+    wide = UploadStarted("upA", "prefix/a", fentry("a"),
+                         [Part(1, 0, 16 * MiB, (1, 2)), Part(2, 16 * MiB, 16 * MiB, (1, 2))],
                          attempt=0, started=0.0)
     s.exchange(0, [UnitOutcome(a.uid, started=[wide]),
                    UnitOutcome(b.uid, started=[started("upB", fentry("b"), 2, [2, 2])])], 0, 0)
