@@ -33,7 +33,7 @@ EXPORT_FLAGS = {
     "reads_per_ost": "transfer.reads_per_ost",
     "lfs": "transfer.lfs", "progress": "progress.mode", "progress_interval": "progress.interval",
     "file_system_id": "file_system_id", "full": "full", "delete": "delete",
-    "reconcile": "reconcile", "cancel_grace": "transfer.cancel_grace",
+    "reconcile": "reconcile", "dry_run": "dry_run", "cancel_grace": "transfer.cancel_grace",
 }
 
 
@@ -87,6 +87,9 @@ def _export_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--delete", action="store_true", default=None,
                    help="also delete the objects of entries exported earlier that are gone (renamed or "
                         "removed); never touches keys pfsxport did not write")
+    p.add_argument("--dry-run", action="store_true", default=None,
+                   help="walk, compare with the manifest and plan in full, then say what would be sent and "
+                        "deleted (counts and bytes by kind, and the report); nothing is sent, deleted or recorded")
     p.add_argument("--reconcile", action="store_true", default=None,
                    help="list each repository prefix once first and export again what is missing there "
                         "(objects deleted behind pfsxport's back), then export as usual")

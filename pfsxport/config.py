@@ -94,6 +94,7 @@ class ExportConfig:
     full: bool = False
     delete: bool = False
     reconcile: bool = False  # list each repository prefix once and forget what is missing there
+    dry_run: bool = False  # walk, compare and plan; send, delete and record nothing
     task_id: str = ""  # run this PENDING task (task create) instead of creating one
     progress: str = "auto"
     progress_interval: float = 10.0
@@ -255,6 +256,7 @@ SCHEMA: dict[str, Callable[[Any], Any]] = {
     "full": _bool,
     "delete": _bool,
     "reconcile": _bool,
+    "dry_run": _bool,
     "s3.endpoint_url": endpoint_url,
     "s3.region": _str,
     "s3.profile": _str,
@@ -394,6 +396,7 @@ def resolve(file_values: dict[str, Any], cli_values: dict[str, Any], config_path
         full=values.get("full", False),
         delete=values.get("delete", False),
         reconcile=values.get("reconcile", False),
+        dry_run=values.get("dry_run", False),
         progress=values.get("progress.mode", "auto"),
         progress_interval=values.get("progress.interval", 10.0),
         status_interval=values.get("progress.status_interval", 2.0),

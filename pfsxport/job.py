@@ -20,7 +20,7 @@ from .config import ExportConfig
 from .dra import Association, AssociationLifecycle
 from .errors import ConfigError, ExitCode, InputError, StateError, StoreError, TaskError
 from .eventlog import NOT_IN_DRA, EventLog, export_message, log_path
-from .export import TASK_EVENTS, Transfer, TransferOptions
+from .export import TASK_EVENTS, NoDelta, Transfer, TransferOptions
 from .halt import ABORT_WAIT, Halt, SignalWatch
 from .lifecycle import TaskLifecycle, end_state
 from .lustre import LayoutSource
@@ -232,20 +232,10 @@ def _start(cfg: ExportConfig, state: StateDir, rec: TaskRecord, nranks: int, fs_
     for leg in legs:
         if cfg.repository is None:
             log.info("%s -> %s", leg.fs_root, leg.repository)
-        # What a job that died made durable goes into the manifest before anything is decided.
         manifest = _manifest(cfg, leg.repository)
-        open_uploads = manifest.merge()
-        if open_uploads:
-            log.info("found %d multipart upload(s) left open by an earlier job: their parts are reused where "
-                     "the file is unchanged, else they are aborted", len(open_uploads))
-        leg.resumable = {u.path: u for u in open_uploads}
         store = _store(cfg, leg.repository)
         try:
-            leg.caps = store.probe(leg.repository.prefix, cfg.s3.checksum)
-            if cfg.reconcile or manifest.lost() is not None:  # --reconcile, or the bucket was found gone
-                done = manifest.reconcile(store.list_objects(leg.repository.prefix), leg.repository.prefix)
-                log.info("reconciled with %s: %d object(s) listed, %d entr%s missing there to export again",
-                         leg.repository, done.listed, done.forgotten, "y" if done.forgotten == 1 else "ies")
+            _ready(cfg, leg, manifest, store)
         except StoreError as e:
             if store.bucket_lost:
                 manifest.mark_lost(store.bucket_lost)
@@ -269,13 +259,33 @@ def _start(cfg: ExportConfig, state: StateDir, rec: TaskRecord, nranks: int, fs_
         return _fail_early(state, rec, f"no data repository can be written: {legs[0].failed[0].message}",
                            ExitCode.STORE_UNREACHABLE)
     report = cfg.report_path
-    # a bucket that took the probe takes the report too
-    if report.bucket not in {leg.repository.bucket for leg in legs if not leg.failed}:
+    # a bucket that took the probe takes the report too; a dry run writes its report only here
+    if not cfg.dry_run and report.bucket not in {leg.repository.bucket for leg in legs if not leg.failed}:
         try:
             _store(cfg, report).check_writable(f"{report.prefix}/" if report.prefix else "")
         except StoreError as e:
             return _fail_early(state, rec, f"cannot write the report to {report}: {e}", ExitCode.STORE_UNREACHABLE)
     return Setup(rec.task_id, legs, _outside_rows(cfg, rec.task_id, outside))
+
+
+def _ready(cfg: ExportConfig, leg: Leg, manifest: Manifest, store: S3Store) -> None:
+    """Rank 0: the manifest up to date (what a job that died made durable goes in before
+    anything is decided) and the repository probed (raises StoreError). A dry run changes
+    neither: it reads the manifest as it is and only asks whether the bucket is there."""
+    if cfg.dry_run:
+        store.head_bucket()
+        leg.caps = Capabilities(False, False, True)
+        return
+    open_uploads = manifest.merge()
+    if open_uploads:
+        log.info("found %d multipart upload(s) left open by an earlier job: their parts are reused where "
+                 "the file is unchanged, else they are aborted", len(open_uploads))
+    leg.resumable = {u.path: u for u in open_uploads}
+    leg.caps = store.probe(leg.repository.prefix, cfg.s3.checksum)
+    if cfg.reconcile or manifest.lost() is not None:  # --reconcile, or the bucket was found gone
+        done = manifest.reconcile(store.list_objects(leg.repository.prefix), leg.repository.prefix)
+        log.info("reconciled with %s: %d object(s) listed, %d entr%s missing there to export again",
+                 leg.repository, done.listed, done.forgotten, "y" if done.forgotten == 1 else "ies")
 
 
 def _store(cfg: ExportConfig, url: S3Url) -> S3Store:
@@ -289,7 +299,7 @@ def _manifest(cfg: ExportConfig, repository: S3Url) -> Manifest:
 
 def new_record(cfg: ExportConfig, nranks: int = 1) -> TaskRecord:
     return TaskRecord(new_task_id(), cfg.file_system_id, list(cfg.paths), f"{cfg.report_path}",
-                      str(cfg.repository) if cfg.repository else "", ranks=nranks)
+                      str(cfg.repository) if cfg.repository else "", ranks=nranks, dry_run=cfg.dry_run)
 
 
 def _fail_early(state: StateDir, rec: TaskRecord, message: str, code: ExitCode) -> Stop:
@@ -488,7 +498,7 @@ def export(world, cfg: ExportConfig, watch: SignalWatch | None = None) -> ExitCo
     for leg in setup.legs:
         if not leg.failed:
             _run_leg(world, cfg, setup.task_id, leg, scheduler, lock, watch, shard, tally)
-    lost = shard.finish(_store(cfg, cfg.report_path), cfg.report_path, setup.task_id)
+    lost = shard.finish(None if cfg.dry_run else _store(cfg, cfg.report_path), cfg.report_path, setup.task_id)
     ends = world.allgather((tally, shard.fault, lost))  # every shard is written before rank 0 combines them
     code = None
     if world.rank == 0:
@@ -526,9 +536,9 @@ class _Shard:
             self.writer.finish()
         combine(directory, nranks, attrs, partial=True)
 
-    def finish(self, store: S3Store, report: S3Url, task_id: str) -> str:
-        """Write the shard's HDF5 file and put it beside the report in the bucket; returns the
-        store's error if it could not go there ("" when it went)."""
+    def finish(self, store: S3Store | None, report: S3Url, task_id: str) -> str:
+        """Write the shard's HDF5 file and put it beside the report in the bucket (not with no
+        `store`: a dry run); returns the store's error if it could not go there ("" when it went)."""
         if self.writer is None:
             return ""
         try:
@@ -537,7 +547,7 @@ class _Shard:
             self.fault = self.fault or e
             return ""
         name = os.path.relpath(path, os.path.dirname(os.path.dirname(path)))  # shards/rank-NNNNN.h5
-        return _upload_report(store, report, task_id, {name: path})
+        return _upload_report(store, report, task_id, {name: path}) if store is not None else ""
 
 
 def _run_leg(world, cfg: ExportConfig, task_id: str, leg: Leg, scheduler: Scheduler | None,
@@ -551,11 +561,12 @@ def _run_leg(world, cfg: ExportConfig, task_id: str, leg: Leg, scheduler: Schedu
     store.checksum = leg.caps.crc32 and cfg.s3.checksum != "none"
     manifest = _manifest(cfg, leg.repository)
     reader = manifest.reader()
-    delta = manifest.delta_log(task_id, world.rank)
+    delta = NoDelta() if cfg.dry_run else manifest.delta_log(task_id, world.rank)  # a dry run records nothing
     transfer = Transfer(leg.fs_root, leg.repository, store, LayoutSource(t.lfs, t.stripe_size),
                         TransferOptions.of(t, cfg.s3.max_object_size),
                         rank=world.rank, skip=_skip_set(cfg, leg.fs_root), manifest=reader, delta=delta,
-                        full=cfg.full, events=TASK_EVENTS | ({"DELETED"} if cfg.delete else set()))
+                        full=cfg.full, events=TASK_EVENTS | ({"DELETED"} if cfg.delete else set()),
+                        dry_run=cfg.dry_run)
     if world.rank == 0:
         with lock:
             scheduler.start_leg(_root_units(transfer, leg.roots), leg.resumable)
@@ -565,14 +576,14 @@ def _run_leg(world, cfg: ExportConfig, task_id: str, leg: Leg, scheduler: Schedu
                                rows=_prefixed(shard.add, leg.prefix), tally=tally, watch=watch), STOP)
     if world.rank == 0:
         _abort_unclaimed(transfer, scheduler, leg.roots)
-    if store.bucket_lost:  # what this task wrote may be gone with the bucket: the next task reconciles
+    if store.bucket_lost and not cfg.dry_run:  # what this task wrote may be gone with the bucket: reconcile next
         manifest.mark_lost(store.bucket_lost)
     faults = world.allgather(delta.close())  # every rank's delta log is complete before rank 0 merges them
     reader.close()
     if world.rank == 0:
         fault = scheduler.fault or next((f for f in faults if f), None)
         try:
-            if fault is None:  # else the logs stay for the next task to merge
+            if fault is None and not cfg.dry_run:  # else the logs stay for the next task to merge
                 manifest.merge()
         except StateError as e:
             fault = e
@@ -640,12 +651,13 @@ def _finish(cfg: ExportConfig, state: StateDir, store: S3Store, scheduler: Sched
     try:
         report = combine(state.task_dir(rec.task_id), rec.ranks, _attrs(planned))
         monitor.settled, monitor.ended = planned, True
-        lost = _upload_report(store, cfg.report_path, rec.task_id, report) or lost_shard
+        lost = "" if cfg.dry_run else _upload_report(store, cfg.report_path, rec.task_id, report) or lost_shard
     except StateError as e:
         log.error("the completion report of task %s could not be written: %s", rec.task_id, e)
         lost = ""
     code = _exit_code(final)
-    where = f"{cfg.report_path}/{rec.task_id}/"
+    where = state.task_dir(rec.task_id) + "/ (a dry run: not in the bucket)" if cfg.dry_run else \
+        f"{cfg.report_path}/{rec.task_id}/"
     if lost:  # the record and the exit code say so; the state directory keeps the copy
         where = state.task_dir(rec.task_id) + "/ (not in the bucket)"
         if final is not TaskLifecycle.CANCELED:
@@ -663,6 +675,12 @@ def _finish(cfg: ExportConfig, state: StateDir, store: S3Store, scheduler: Sched
              "%d bytes sent, %d bytes of earlier uploads reused; report %s", rec.task_id,
              rec.lifecycle.value, p.counts.succeeded, p.counts.failed, p.skipped, p.unchanged, p.deleted,
              p.retries, p.bytes_sent, scheduler.reused_bytes, where)
+    if cfg.dry_run:
+        log.info("dry run: would export %d file(s) (%d bytes), %d director%s and %d symlink(s); would delete %d "
+                 "object(s); %d entries unchanged, %d failed; nothing was sent or deleted, and the manifest is "
+                 "unchanged", total.files, total.file_bytes, total.directories,
+                 "y" if total.directories == 1 else "ies", total.symlinks, total.deleted, total.unchanged,
+                 total.failed)
     if scheduler.fault is not None:
         log.error("task %s %s: %s", rec.task_id, rec.lifecycle.value, scheduler.fault)
         return ExitCode.STATE_UNUSABLE

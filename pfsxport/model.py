@@ -33,6 +33,8 @@ class RowStatus(str, Enum):
     FAILED = "failed"
     SKIPPED = "skipped"  # special files, entries gone before export: not counted
     DELETED = "deleted"  # --delete removed the object of an entry that is gone: not counted
+    WOULD_EXPORT = "would-export"  # --dry-run: would be sent (counted, as its export would be)
+    WOULD_DELETE = "would-delete"  # --dry-run --delete: its object would be removed (not counted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,7 +239,7 @@ class ReportRow:
 
     @property
     def counted(self) -> bool:
-        return self.status not in (RowStatus.SKIPPED, RowStatus.DELETED)
+        return self.status not in (RowStatus.SKIPPED, RowStatus.DELETED, RowStatus.WOULD_DELETE)
 
 
 @dataclass(slots=True)

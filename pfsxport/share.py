@@ -35,19 +35,30 @@ class Tally:
     discovered_bytes: int = 0
     bytes_sent: int = 0
     retries: int = 0
+    files: int = 0  # of the entries exported (or that would be), by kind, and the files' bytes
+    directories: int = 0
+    symlinks: int = 0
+    file_bytes: int = 0
 
     def rows(self, rows: list[ReportRow]) -> None:
         for r in rows:
+            self.retries += r.retries
             if r.counted:
                 if r.status is RowStatus.FAILED:
                     self.failed += 1
-                else:
-                    self.succeeded += 1
-            elif r.status is RowStatus.DELETED:
+                    continue
+                self.succeeded += 1
+                if r.kind == "file":
+                    self.files += 1
+                    self.file_bytes += r.size
+                elif r.kind == "directory":
+                    self.directories += 1
+                elif r.kind == "symlink":
+                    self.symlinks += 1
+            elif r.status in (RowStatus.DELETED, RowStatus.WOULD_DELETE):
                 self.deleted += 1
             else:
                 self.skipped += 1
-            self.retries += r.retries
 
     @property
     def total(self) -> int:

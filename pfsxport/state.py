@@ -104,6 +104,7 @@ class TaskRecord:
     ranks: int = 1
     slurm_job_id: str | None = field(default_factory=lambda: os.environ.get("SLURM_JOB_ID"))
     request: dict | None = None  # a PENDING task's export arguments and working directory
+    dry_run: bool = False  # --dry-run: the task planned, sent nothing
 
     def move(self, new: TaskLifecycle) -> None:
         self.lifecycle = transition(self.lifecycle, new)
@@ -138,6 +139,8 @@ class TaskRecord:
             d["FailureDetails"] = {"Message": self.failure_message}
         d["Report"] = {"Enabled": True, "Path": self.report_path, "Format": REPORT_FORMAT,
                        "Scope": REPORT_SCOPE}
+        if self.dry_run:  # not an FSx field: a plan, nothing was exported
+            d["DryRun"] = True
         return d
 
     def to_json(self) -> dict[str, Any]:
@@ -163,7 +166,7 @@ class TaskRecord:
             last_updated=st.get("LastUpdatedTime", d["CreationTime"]), failure_message=d.get("FailureMessage"),
             host=owner.get("Host", ""), pid=owner.get("Pid", 0), start_ticks=owner.get("StartTicks"),
             ranks=owner.get("Ranks", 1),
-            slurm_job_id=owner.get("SlurmJobId"), request=d.get("Request"))
+            slurm_job_id=owner.get("SlurmJobId"), request=d.get("Request"), dry_run=bool(d.get("DryRun")))
 
 
 def _replace(path: str, data: bytes) -> None:

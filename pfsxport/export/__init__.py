@@ -20,13 +20,13 @@ from ..model import (
     PartUnit,
     UnitOutcome,
 )
-from .context import TASK_EVENTS, Context, TransferOptions
+from .context import TASK_EVENTS, Context, NoDelta, TransferOptions
 from .multipart import Multipart
 from .remove import Removal
 from .scan import Scanner
 from .upload import Upload
 
-__all__ = ["TASK_EVENTS", "Transfer", "TransferOptions"]
+__all__ = ["TASK_EVENTS", "NoDelta", "Transfer", "TransferOptions"]
 
 
 class Transfer:

@@ -91,6 +91,9 @@ class NoDelta:
     def flush(self) -> None:
         pass
 
+    def close(self) -> None:
+        return None
+
 
 @dataclass
 class Context:
@@ -119,6 +122,7 @@ class Context:
     hold: Callable[[str], bool] | None = None
     renamed: Callable[[str], bool] | None = None
     passed: dict | None = None
+    dry_run: bool = False  # plan only: each step says what it would do, and sends and records nothing
     root: Root = field(init=False)
     bodies: ByteBudget | None = field(init=False)
 

@@ -64,6 +64,9 @@ class Multipart:
         layout = unit.layout if unit.layout is not None and fresh.snapshot() == e.snapshot() else \
             self.ctx.layouts.layout(self.ctx.abspath(e.path))
         parts = plan_parts(fresh.size, layout, self.ctx.opts.part_size)
+        if self.ctx.dry_run:
+            out.rows.append(self.upload.would(fresh, len(parts), f"{len(parts)} parts of {parts[0].length} bytes"))
+            return out
         reused = self._reusable(unit.resume, fresh, parts, key)
         try:
             if reused is not None:

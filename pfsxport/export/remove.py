@@ -21,6 +21,10 @@ class Removal:
         """Delete the objects of (path, mode, size as last exported); each row's size is its
         object's (0 for a directory, or where only an intent was recorded)."""
         keys = {self.ctx.key_of(p, m): (p, m, size) for p, m, size in gone}
+        if self.ctx.dry_run:  # what would go; the delta log of a dry run records nothing
+            return [ReportRow(p, EntryKind.of_mode(m).value, 0 if _stat.S_ISDIR(m) else max(size, 0),
+                              RowStatus.WOULD_DELETE, rank=self.ctx.rank, message=f"{key} would be deleted")
+                    for key, (p, m, size) in keys.items()], True
         try:
             errors = self.ctx.store.delete_objects(list(keys))
         except StoreError as err:

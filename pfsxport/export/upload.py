@@ -46,7 +46,7 @@ class Upload:
         if isinstance(row_or_unit, ReportRow):
             row_or_unit.seconds = round(time.monotonic() - t0, 6)
             out.rows.append(row_or_unit)
-            out.bytes_sent = row_or_unit.bytes
+            out.bytes_sent = 0 if row_or_unit.status is RowStatus.WOULD_EXPORT else row_or_unit.bytes
         else:
             out.units.append(row_or_unit)
         return out
@@ -59,6 +59,8 @@ class Upload:
         bad = key_error(key)
         if bad is not None:
             return self.ctx.row(e, RowStatus.FAILED, bad, message=KEY_MESSAGES[bad])
+        if self.ctx.dry_run:
+            return self.would(e)
         if e.kind is EntryKind.DIRECTORY:
             self.ctx.store.put_object(key, b"", fsx_headers(e), content_type(e.kind), zlib.crc32(b""))
             self.ctx.delta.put(e.path, e.rec())
@@ -84,6 +86,13 @@ class Upload:
             return self._export_small_file(e, key)
         finally:
             budget.give(held)
+
+    def would(self, e: Entry, parts: int = 1, message: str = "") -> ReportRow:
+        """A dry run's row: what its export would send (or why it would fail), nothing sent."""
+        if e.kind is EntryKind.FILE and e.size > self.ctx.opts.max_object_size:
+            return self.too_large(e)
+        return self.ctx.row(e, RowStatus.WOULD_EXPORT, bytes=0 if e.kind is EntryKind.DIRECTORY else e.size,
+                            parts=parts if e.kind is EntryKind.FILE else 0, message=message)
 
     def too_large(self, e: Entry) -> ReportRow:
         return self.ctx.row(e, RowStatus.FAILED, ErrorCode.FILE_SIZE_TOO_LARGE,
@@ -160,6 +169,9 @@ class Upload:
             return UnitOutcome(unit.uid, rows=[gone])
         if fresh.snapshot() != e.snapshot() or key_error(key) is not None or fresh.size > S3_MAX_COPY:
             return self._as_upload(unit, fresh)
+        if self.ctx.dry_run:
+            return UnitOutcome(unit.uid, rows=[self.would(fresh, 0, f"hard link: would be a server-side copy of "
+                                                                   f"{printable(unit.source)}")])
         try:
             self.ctx.store.copy_object(self.ctx.repo.key(unit.source), key, fsx_headers(fresh),
                                        content_type(fresh.kind))
