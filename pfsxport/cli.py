@@ -34,6 +34,7 @@ EXPORT_FLAGS = {
     "lfs": "transfer.lfs", "progress": "progress.mode", "progress_interval": "progress.interval",
     "file_system_id": "file_system_id", "full": "full", "delete": "delete",
     "reconcile": "reconcile", "dry_run": "dry_run", "cancel_grace": "transfer.cancel_grace",
+    "metrics_textfile": "metrics.textfile",
 }
 
 
@@ -87,6 +88,9 @@ def _export_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--delete", action="store_true", default=None,
                    help="also delete the objects of entries exported earlier that are gone (renamed or "
                         "removed); never touches keys pfsxport did not write")
+    p.add_argument("--metrics-textfile", metavar="PATH",
+                   help="write the task's Prometheus metrics to PATH (node_exporter's textfile collector), "
+                        "at every status refresh and at the end")
     p.add_argument("--dry-run", action="store_true", default=None,
                    help="walk, compare with the manifest and plan in full, then say what would be sent and "
                         "deleted (counts and bytes by kind, and the report); nothing is sent, deleted or recorded")

@@ -68,9 +68,11 @@ class AutoExportSettings:
 
 @dataclass(slots=True)
 class MetricsSettings:
-    """Prometheus metrics of the auto-export service: `listen` is HOST:PORT, "" (off) by default."""
+    """Prometheus metrics: the auto-export service's on `listen` (HOST:PORT, "" off by default);
+    an export task's in a node_exporter textfile at `textfile` ("" off)."""
 
     listen: str = ""
+    textfile: str = ""
 
     @property
     def host(self) -> str | None:
@@ -293,6 +295,7 @@ SCHEMA: dict[str, Callable[[Any], Any]] = {
     "associations": _associations,
     "event_log.level": lambda v: LogLevel(_choice(*(x.value for x in LogLevel))(v)),
     "metrics.listen": _listen,
+    "metrics.textfile": _path,
 }
 SECTIONS = {"s3", "transfer", "progress", "auto_export", "event_log", "metrics"}
 
@@ -403,7 +406,7 @@ def resolve(file_values: dict[str, Any], cli_values: dict[str, Any], config_path
         auto_export=AutoExportSettings(**{k[12:]: v for k, v in values.items() if k.startswith("auto_export.")}),
         event_log_level=values.get("event_log.level", LogLevel.WARN_ERROR),
         associations=values.get("associations", []),
-        metrics=MetricsSettings(values.get("metrics.listen", "")),
+        metrics=MetricsSettings(values.get("metrics.listen", ""), values.get("metrics.textfile", "")),
     )
 
 

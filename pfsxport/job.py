@@ -353,6 +353,7 @@ class Monitor(threading.Thread):
         self.mode = ("bar" if sys.stderr.isatty() else "log") if mode == "auto" else mode
         self.t0 = time.monotonic()
         self.final = None  # the task's progress from every rank's final counts, once they are summed
+        self._metrics_failed = False
 
     def run(self) -> None:
         last_status = last_print = 0.0
@@ -436,6 +437,23 @@ class Monitor(threading.Thread):
                 self.scheduler.halt(e)
             if first:
                 log.error("%s; the task stops", e)
+        with self.lock:
+            tallies = [self.scheduler.tallies.get(r, Tally()) for r in range(self.rec.ranks)]
+        self.write_metrics(self.rec, tallies)
+
+    def write_metrics(self, rec: TaskRecord, tallies: list[Tally]) -> None:
+        """The task's metrics in node_exporter's textfile (metrics.textfile), if asked for; a
+        textfile that cannot be written is warned about once, never fatal."""
+        path = self.cfg.metrics.textfile
+        if not path or self._metrics_failed:
+            return
+        from .metrics import write_task_textfile
+
+        try:
+            write_task_textfile(path, rec.to_fsx(), tallies, time.time() - (rec.start_time or time.time()))
+        except OSError as e:
+            self._metrics_failed = True
+            log.warning("cannot write the metrics textfile %s: %s", path, e.strerror or e)
 
     def print_progress(self, final: bool) -> None:
         with self.lock:
@@ -508,7 +526,7 @@ def export(world, cfg: ExportConfig, watch: SignalWatch | None = None) -> ExitCo
             with lock:
                 scheduler.halt(fault)
         code = _finish(cfg, state, _store(cfg, cfg.report_path), scheduler, monitor,
-                       Tally.summed(t for t, _, _ in ends), next((x for _, _, x in ends if x), ""))
+                       [t for t, _, _ in ends], next((x for _, _, x in ends if x), ""))
     return world.bcast(code)
 
 
@@ -630,9 +648,10 @@ def _abort_unclaimed(transfer: Transfer, scheduler: Scheduler, roots: list[Entry
 
 
 def _finish(cfg: ExportConfig, state: StateDir, store: S3Store, scheduler: Scheduler, monitor: Monitor,
-            total: Tally, lost_shard: str) -> ExitCode:
-    """Rank 0, every rank done: the record's end state and counts (`total`, the ranks' counts
-    summed), the report combined from the shards and put in the bucket."""
+            tallies: list[Tally], lost_shard: str) -> ExitCode:
+    """Rank 0, every rank done: the record's end state and counts (from `tallies`, each rank's
+    final counts), the report combined from the shards and put in the bucket."""
+    total = Tally.summed(tallies)
     monitor.done.set()
     monitor.left.wait()
     monitor.check_cancel()
@@ -666,6 +685,7 @@ def _finish(cfg: ExportConfig, state: StateDir, store: S3Store, scheduler: Sched
             code = ExitCode.STORE_UNREACHABLE
     _end(rec, final, message)
     state.write_last(rec)
+    monitor.write_metrics(rec, tallies)
     monitor.ending.release()
     monitor.over.set()
     if monitor.watchdog is not None:

@@ -185,3 +185,40 @@ class ServiceMetrics:
             self._server.server_close()
             self._thread.join(5)
             self._server = None
+
+
+def write_task_textfile(path: str, task: dict, tallies: list, elapsed: float) -> None:
+    """An export task's metrics in node_exporter's textfile format, atomically: `task` is its
+    FSx record (describe's shape), `tallies` each rank's share.Tally (rank order), `elapsed`
+    seconds since it started. Gauges: a textfile is a snapshot of one task."""
+    r = CollectorRegistry()
+    base = ["task_id", "file_system_id"]
+    ids = (task["TaskId"], task["FileSystemId"])
+    g = Gauge("pfsxport_task_lifecycle", "1 for the task's lifecycle (PENDING ... SUCCEEDED, FAILED, CANCELED)",
+              [*base, "lifecycle"], registry=r)
+    g.labels(*ids, task["Lifecycle"]).set(1)
+    st = task["Status"]
+    counts = Gauge("pfsxport_task_entries", "Entries of the task by outcome (total = succeeded + failed)",
+                   [*base, "outcome"], registry=r)
+    summed = {f: sum(getattr(t, f) for t in tallies) for f in ("skipped", "unchanged", "deleted", "bytes_sent",
+                                                               "retries", "discovered")}
+    for outcome, value in (("total", st["TotalCount"]), ("succeeded", st["SucceededCount"]),
+                           ("failed", st["FailedCount"]), ("skipped", summed["skipped"]),
+                           ("unchanged", summed["unchanged"]), ("deleted", summed["deleted"]),
+                           ("discovered", summed["discovered"])):
+        counts.labels(*ids, outcome).set(value)
+    Gauge("pfsxport_task_sent_bytes", "Bytes sent to the store", base, registry=r).labels(*ids).set(
+        summed["bytes_sent"])
+    Gauge("pfsxport_task_retries", "Requests retried", base, registry=r).labels(*ids).set(summed["retries"])
+    Gauge("pfsxport_task_duration_seconds", "Seconds since the task started (its run time once it ended)", base,
+          registry=r).labels(*ids).set(elapsed)
+    Gauge("pfsxport_task_last_update_time_seconds", "When the task's record was last refreshed (Unix time)", base,
+          registry=r).labels(*ids).set(st["LastUpdatedTime"])
+    entries = Gauge("pfsxport_task_rank_entries", "Entries a rank exported or failed (its share of the work)",
+                    [*base, "rank"], registry=r)
+    sent = Gauge("pfsxport_task_rank_sent_bytes", "Bytes a rank sent", [*base, "rank"], registry=r)
+    for rank, t in enumerate(tallies):
+        entries.labels(*ids, str(rank)).set(t.total)
+        sent.labels(*ids, str(rank)).set(t.bytes_sent)
+    write_textfile(r, path)
+

@@ -8,7 +8,6 @@ import hashlib
 import os
 
 import pytest
-
 from conftest import describe, list_keys, run_export, task_id_of
 from test_export_outcomes import args
 

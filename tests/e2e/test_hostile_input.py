@@ -254,3 +254,33 @@ def test_a_second_state_directory_on_the_same_tree_is_warned_about(seaweed, tmp_
     second = run_export(seaweed, args(root, bucket, tmp_path / "st2"))
     assert second.returncode == 0
     assert f"another state directory, {tmp_path / 'st1'}, has also run tasks" in second.stderr, second.stderr
+
+
+def test_a_task_writes_its_metrics_for_node_exporter(seaweed, tmp_path):
+    """metrics.textfile: the task's counts in Prometheus's text format, equal to its record,
+    with each rank's share."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    root = small_tree(tmp_path / "fs")
+    os.mkfifo(os.path.join(root, "pipe"))  # skipped, not counted
+    bucket = seaweed.new_bucket()
+    prom = tmp_path / "textfile" / "pfsxport.prom"
+    prom.parent.mkdir()
+    r = run_export(seaweed, args(root, bucket, tmp_path / "st", "--metrics-textfile", str(prom)), ranks=2)
+    assert r.returncode == 0, r.stderr
+    t = describe(task_id_of(r), str(tmp_path / "st"))
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for fam in text_string_to_metric_families(prom.read_text()) for s in fam.samples}
+    ids = (("file_system_id", t["FileSystemId"]), ("task_id", t["TaskId"]))
+
+    def get(name, **labels):
+        return samples[(name, tuple(sorted((*ids, *labels.items()))))]
+    assert get("pfsxport_task_lifecycle", lifecycle="SUCCEEDED") == 1
+    assert get("pfsxport_task_entries", outcome="total") == t["Status"]["TotalCount"] == 21
+    assert get("pfsxport_task_entries", outcome="succeeded") == t["Status"]["SucceededCount"]
+    assert get("pfsxport_task_entries", outcome="failed") == 0 and get("pfsxport_task_entries", outcome="skipped") == 1
+    assert get("pfsxport_task_rank_entries", rank="0") + get("pfsxport_task_rank_entries", rank="1") == 21
+    assert get("pfsxport_task_sent_bytes") == sum(get("pfsxport_task_rank_sent_bytes", rank=str(k)) for k in (0, 1))
+    assert get("pfsxport_task_sent_bytes") == sum(len(f"file {i}\n") * (i + 1) for i in range(20))
+    assert get("pfsxport_task_duration_seconds") > 0
+    assert [p.name for p in prom.parent.iterdir()] == ["pfsxport.prom"]  # written atomically, nothing left beside
