@@ -1,25 +1,15 @@
-"""Work sharing between ranks: what a rank keeps of its own work, what it gives a thief, the
-counters it reports, and how the coordinator knows that the walk is over.
+"""What a rank tells the coordinator instead of its report rows: its counts.
 
-Pure: standard library only. Each rank keeps the light units it makes (directory scans,
-batches of small entries, deletes) in its own `LocalQueue` and runs them itself; a rank with
-nothing to do asks a random peer for half of that peer's queue (work stealing, as libcircle
-and mpiFileUtils do). Nothing of this passes through the coordinator, which hears a rank's
-`Tally` (counts, not rows) every second or so and runs `Termination`: the task's walk is over
-when every rank is idle, every unit given away has arrived, and the same holds in two
-consecutive rounds of reports (so no report it counts on was overtaken by a theft).
-
-Why stealing and not a tree of coordinators: a coordinator tree still moves every unit
-through a process other than the one that found it; stealing moves work only when a rank
-runs dry, and then in halves, so the messages per entry fall as the tree grows
-(bench/scale.py measures both the traffic and the coordinator's CPU per entry).
+Pure: standard library only. Each rank writes its own rows to its report shard and keeps a
+`Tally`; the tally goes with each of its requests, the coordinator shows the sum of the
+latest ones as the task's progress, and the final ones are summed in one collective at the
+end of the task.
 """
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, fields
 
-from .model import DirUnit, ReportRow, RowStatus
+from .model import ReportRow, RowStatus
 
 
 @dataclass(slots=True)
@@ -77,88 +67,3 @@ class Tally:
         for t in tallies:
             out.add(t)
         return out
-
-
-class LocalQueue:
-    """A rank's own light units: directory scans on a stack (depth first keeps it small)
-    and everything else (batches of small entries, deletes) in arrival order. Scans go first
-    while the batches are few, so the walk keeps finding work for every thread."""
-
-    def __init__(self, scarce: int = 16):
-        self.dirs: list[DirUnit] = []
-        self.batches: deque = deque()
-        self.scarce = scarce
-
-    def __len__(self) -> int:
-        return len(self.dirs) + len(self.batches)
-
-    def push(self, unit) -> None:
-        (self.dirs if isinstance(unit, DirUnit) else self.batches).append(unit)
-
-    def take(self):
-        """The next unit to run here, or None."""
-        if self.dirs and (len(self.batches) < self.scarce or not self.batches):
-            return self.dirs.pop()
-        if self.batches:
-            return self.batches.popleft()
-        return None
-
-    def steal(self) -> list:
-        """Half of the queue for a rank that has none: the oldest scans (the highest in the
-        tree, so the most work behind each) and the newest batches."""
-        nd = (len(self.dirs) + 1) // 2
-        out: list = self.dirs[:nd]
-        del self.dirs[:nd]
-        for _ in range((len(self.batches) + 1) // 2):
-            out.append(self.batches.pop())
-        return out
-
-    def clear(self) -> None:
-        self.dirs.clear()
-        self.batches.clear()
-
-
-@dataclass(frozen=True, slots=True)
-class Status:
-    """What a rank tells the coordinator about its light work, with each request."""
-
-    idle: bool  # nothing queued, nothing running, nothing asked of a peer
-    given: int  # units handed to thieves, ever
-    taken: int  # units received from victims, ever
-    queued_dirs: int = 0  # scans waiting in its queue (the walk is not over while any wait)
-
-
-class Termination:
-    """The coordinator's view of every rank's light work. `over()` is true once every rank
-    is idle and no stolen unit is in flight (given == taken over all ranks), seen the same in
-    two consecutive checks with a fresh report from every rank between them."""
-
-    def __init__(self, nranks: int):
-        self.status: list[Status | None] = [None] * nranks
-        self.fresh = [False] * nranks
-        self._candidate: tuple | None = None
-
-    def report(self, rank: int, status: Status) -> None:
-        self.status[rank] = status
-        self.fresh[rank] = True
-
-    def consistent(self) -> bool:
-        """Every rank idle and nothing in flight, as far as the latest reports go."""
-        if any(s is None or not s.idle for s in self.status):
-            return False
-        return sum(s.given for s in self.status) == sum(s.taken for s in self.status)
-
-    def over(self) -> bool:
-        if not self.consistent():
-            self._candidate = None
-            return False
-        snapshot = tuple((s.given, s.taken) for s in self.status)
-        if self._candidate is None or self._candidate != snapshot:
-            self._candidate = snapshot
-            self.fresh = [False] * len(self.status)
-            return False
-        return all(self.fresh)
-
-    def walking(self) -> bool:
-        """Whether any rank still has directories to scan (for the ETA)."""
-        return any(s is None or s.queued_dirs or not s.idle for s in self.status)
