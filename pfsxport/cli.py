@@ -208,6 +208,17 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--metrics-listen", metavar="HOST:PORT",
                    help="serve Prometheus metrics at http://HOST:PORT/metrics, e.g. 127.0.0.1:9817 (default: off)")
 
+    r = sub.add_parser("report", help="look at a task's report")
+    rsub = r.add_subparsers(dest="report_command", required=True)
+    rp = rsub.add_parser("plot", help="one picture of a task: throughput, balance over ranks, sizes, failures "
+                         "(needs pip install 'pfsxport[plot]')")
+    rp.add_argument("task_id", metavar="TASK_ID")
+    rp.add_argument("-o", "--output", help="FILE.png or FILE.svg (default: report.png in the task's report "
+                    "directory in the state directory)")
+    rp.add_argument("--size", default="1600x1000", help="WIDTHxHEIGHT in pixels (default 1600x1000)")
+    rp.add_argument("--state-dir")
+    rp.add_argument("--config")
+
     d = sub.add_parser("demo", help="start a local SeaweedFS, export a sample tree with mpiexec, show the result")
     d.add_argument("--ranks", type=int, default=2)
     d.add_argument("--workdir", help="keep the sample tree, state and server data here")
@@ -486,6 +497,30 @@ def _run_export(args, watch) -> int:
         return ExitCode.INTERNAL
 
 
+def _plot(args) -> int:
+    """`report plot`: the picture of a task from its report.h5 in the state directory."""
+    from .report import REPORT_H5
+    from .state import StateDir
+
+    state = StateDir(_state_dir(args))
+    state.read(args.task_id)  # DataRepositoryTaskNotFound, or a corrupt record, said as such
+    report = os.path.join(state.task_dir(args.task_id), REPORT_H5)
+    if not os.path.exists(report):
+        raise TaskError("ReportNotFound", f"task {args.task_id} has no report yet ({report})")
+    try:
+        width, height = (int(x) for x in args.size.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"--size {args.size!r}: expected WIDTHxHEIGHT, e.g. 1600x1000") from None
+    try:
+        from .plot import plot
+    except ImportError as e:
+        raise ConfigError(f"report plot needs matplotlib: pip install 'pfsxport[plot]' ({e})") from None
+    out = args.output or os.path.join(state.task_dir(args.task_id), "report.png")
+    plot(report, out, width, height)
+    print(out)
+    return 0
+
+
 AUTO_EXPORT_FLAGS = {
     "fs_root": "fs_root", "state_dir": "state_dir", "file_system_id": "file_system_id",
     "endpoint_url": "s3.endpoint_url", "region": "s3.region", "profile": "s3.profile",
@@ -535,6 +570,8 @@ def main(argv: list[str] | None = None) -> int:
             return _dra(args)
         if args.command == "auto-export":
             return _auto_export(args)
+        if args.command == "report":
+            return _plot(args)
         if args.command == "demo":
             from .demo import demo
 

@@ -38,6 +38,19 @@ def make_sample_tree(root: str) -> None:
     os.chmod(os.path.join(root, "results"), 0o2775)  # setgid is cleared in file-permissions
 
 
+def _picture(report: str, kept: bool) -> None:
+    """The task's picture (`pfsxport report plot`), where matplotlib is installed."""
+    try:
+        from .plot import plot
+    except ImportError:
+        print("== a picture of the task: pip install 'pfsxport[plot]', then pfsxport report plot TASK_ID")
+        return
+    out = os.path.join(os.path.dirname(report), "report.png")
+    plot(report, out)
+    print(f"== a picture of the task (pfsxport report plot): {out}"
+          + ("" if kept else " (it goes with the demo's temporary directory: keep it with --workdir DIR)"))
+
+
 def demo(ranks: int = 2, workdir: str | None = None) -> int:
     work = workdir or tempfile.mkdtemp(prefix="pfsxport-demo-")
     tree, state = os.path.join(work, "tree"), os.path.join(work, "state")
@@ -97,6 +110,7 @@ def demo(ranks: int = 2, workdir: str | None = None) -> int:
                 print(f"     {g['path'][i].decode():40s} {g['type'][i].decode():9s} "
                       f"{g['status'][i].decode():9s} {g['bytes'][i]:>9d} B  {g['checksum'][i].decode()}  "
                       f"rank {g['rank'][i]}")
+        _picture(os.path.join(StateDir(state).task_dir(task_id), "report.h5"), bool(workdir))
         print("== stopping SeaweedFS", flush=True)
     if not workdir:
         shutil.rmtree(work, ignore_errors=True)

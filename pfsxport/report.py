@@ -173,6 +173,18 @@ def _remove(path: str) -> None:
         pass
 
 
+def read_columns(path: str, columns: tuple[str, ...]) -> dict:
+    """Columns of a report.h5 (one table, whether it is virtual or not) as numpy arrays, text
+    columns decoded; and its attributes under "attrs"."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        e = f["entries"]
+        out = {c: (e[c].asstr()[:] if h5py.check_string_dtype(e[c].dtype) else e[c][:]) for c in columns}
+        out["attrs"] = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+    return out
+
+
 def preload() -> None:
     """Import h5py (~0.1 s of CPU) ahead of write_h5, e.g. in a thread while the walk runs."""
     import h5py  # noqa: F401

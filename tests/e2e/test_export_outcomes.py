@@ -205,6 +205,7 @@ def test_demo_runs_and_shows_the_task_and_report():
     assert "with 2 rank(s)" in r.stderr and "progress:" in r.stderr
     assert "keep it with --workdir" in r.stdout  # its local copy is removed with the temporary directory
     assert "SeaweedFS replaces it with a type guessed" in r.stdout  # the quirk it shows is named
+    assert "== a picture of the task (pfsxport report plot): " in r.stdout
 
 
 def rank_pids(mark: str) -> dict[int, int]:
