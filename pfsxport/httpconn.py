@@ -101,6 +101,11 @@ class Pool:
             sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
         except OSError as e:
             raise ConnectFailed(f"cannot connect to {self.host}:{self.port}: {e}") from e
+        if sock.getsockname() == sock.getpeername():
+            # TCP's simultaneous open: a loopback port nobody listens on, drawn as the ephemeral
+            # source port too, connects the socket to itself; its request would never be answered
+            sock.close()
+            raise ConnectFailed(f"cannot connect to {self.host}:{self.port}: nothing listens there")
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.tls is not None:

@@ -185,6 +185,19 @@ def test_nothing_listening_is_connect_failed():
     assert isinstance(e.value.__cause__, ConnectionRefusedError)
 
 
+def test_a_socket_connected_to_itself_is_connect_failed_not_a_hang(monkeypatch):
+    """A loopback port nobody listens on, drawn as the source port too, connects to itself
+    (TCP simultaneous open): the request would wait for an answer that never comes."""
+    def self_connected(addr, timeout=None):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        s.connect(("127.0.0.1", s.getsockname()[1]))
+        return s
+    monkeypatch.setattr(socket, "create_connection", self_connected)
+    with pytest.raises(ConnectFailed, match="nothing listens there"):
+        Pool("127.0.0.1", 1, read_timeout=30).request("GET", "/", {"Host": "x"})
+
+
 def test_https_keeps_its_connection_and_checks_the_certificate(tmp_path):
     certs = make_certs(tmp_path)
     s = Scripted([OK, OK, OK], tls=certs.server_context())
