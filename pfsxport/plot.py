@@ -25,7 +25,7 @@ class PanelData:
     ranks: np.ndarray
     rank_entries: np.ndarray
     rank_mb: np.ndarray
-    size_edges: np.ndarray  # bytes, powers of two
+    size_edges: np.ndarray  # bytes: 0, then powers of two (bin i holds sizes in [edge i, edge i+1))
     size_counts: np.ndarray  # files sent per size bin
     failures: dict[str, int]
 
@@ -86,10 +86,10 @@ def draw(d: PanelData, out: str, width_px: int = 1600, height_px: int = 1000, dp
     b.set_xlabel("rank")
     b.set_title("entries (left) and MB (right) per rank")
     c = ax[1][0]
-    labels = [_size(e) for e in d.size_edges[1:]]
+    labels = [_size(e) for e in d.size_edges[:-1]]  # each bin from its lower edge: [4 KiB, 8 KiB) is "4 KiB"
     c.bar(np.arange(len(d.size_counts)), d.size_counts, color="tab:green")
     c.set_xticks(np.arange(len(labels)), labels, rotation=60, fontsize=7)
-    c.set_xlabel("file size up to")
+    c.set_xlabel("file size from")
     c.set_ylabel("files sent")
     c.set_title("sizes of the files sent")
     f = ax[1][1]
