@@ -82,7 +82,7 @@ from pfsxport.model import (
     UploadStarted,
 )
 from pfsxport.plan import S3_MAX_OBJECT, GiB, KiB, MiB, plan_parts
-from pfsxport.schedule import STOP, WAIT, Scheduler
+from pfsxport.schedule import STOP, WAIT, Request, Scheduler
 from pfsxport.walk import ScanResult
 
 FS_ROOT = "/synthetic/fs"
@@ -301,7 +301,7 @@ def _plan(ns: Namespace, ts: TransferSettings, ranks: int, trace: bool) -> dict:
             for o in outcomes:  # as each rank's worker does: its rows go to its own shard
                 sink(o.rows)
                 o.rows = []
-            reply, _canceled = sched.serve(r, outcomes, want_light, want_heavy)
+            reply = sched.serve(r, Request(outcomes, want_light, want_heavy)).units
             exchanges += 1
             if reply is STOP:
                 stopped[r], held[r] = True, []

@@ -496,7 +496,7 @@ class AutoExport:
         t = self.cfg.transfer
         scheduler = Scheduler(units, 1, reads_per_ost=t.reads_per_ost)
         run_work(SOLO, scheduler, threading.Lock(),
-                 lambda ch: Worker(transfer, ch, t.concurrency, t.parts_in_flight, delta.flush, rows=collect), STOP)
+                 lambda ch, _: Worker(transfer, ch, t.concurrency, t.parts_in_flight, delta.flush, rows=collect), STOP)
         rows = [row for row, _ in stamped]
         delta.close()
         reader.close()

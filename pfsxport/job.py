@@ -589,10 +589,15 @@ def _run_leg(world, cfg: ExportConfig, task_id: str, leg: Leg, scheduler: Schedu
         with lock:
             scheduler.start_leg(_root_units(transfer, leg.roots), leg.resumable)
     world.barrier()  # the leg's first units are queued before any rank asks for work
-    run_work(world, scheduler, lock,
-             lambda ch: Worker(transfer, ch, t.concurrency, t.parts_in_flight, delta.flush,
-                               rows=_prefixed(shard.add, leg.prefix), tally=tally, watch=watch), STOP)
+    traffic = run_work(world, scheduler, lock,
+                       lambda ch, peers: Worker(transfer, ch, t.concurrency, t.parts_in_flight, delta.flush,
+                                                rows=_prefixed(shard.add, leg.prefix), tally=tally, watch=watch,
+                                                peers=peers), STOP)
     if world.rank == 0:
+        if world.size > 1:
+            log.info("coordination: %d messages to or from rank 0 (%d requests, %d thefts answered, %d made); "
+                     "%d units moved by theft", traffic.messages, traffic.requests, traffic.answers,
+                     traffic.thefts, traffic.moved)
         _abort_unclaimed(transfer, scheduler, leg.roots)
     if store.bucket_lost and not cfg.dry_run:  # what this task wrote may be gone with the bucket: reconcile next
         manifest.mark_lost(store.bucket_lost)

@@ -1,10 +1,13 @@
-"""Everything MPI: the world, the scheduler service on rank 0, and the channels to it.
+"""Everything MPI: the world, the scheduler service on rank 0, the channels to it, and the
+peer-to-peer messages of work stealing.
 
 Owns mpi4py (the only module that imports it). Rank 0 runs the scheduler: for its own
 worker through a direct, locked call; for the other ranks through a service thread that
-answers requests, which those ranks' workers poll for while they go on working. Waits poll
-with short sleeps instead of blocking MPI calls, which in MPICH spin a core that the file
-system client and the S3 connections need.
+answers requests, which those ranks' workers poll for while they go on working. Thefts go
+straight from rank to rank (tags _STEAL and _LOOT), never through rank 0. Waits poll with
+short sleeps instead of blocking MPI calls, which in MPICH spin a core that the file system
+client and the S3 connections need. Rank 0's worker thread and its service thread both call
+MPI, on different tags (mpi4py asks for MPI_THREAD_MULTIPLE by default).
 """
 from __future__ import annotations
 
@@ -13,11 +16,12 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 log = logging.getLogger("pfsxport")
 
-_REQ, _REP = 11, 12
+_REQ, _REP, _STEAL, _LOOT = 11, 12, 13, 14
 
 
 class World:
@@ -81,10 +85,12 @@ class _LocalChannel:
         self.scheduler = scheduler
         self.lock = lock
         self._reply = None
+        self.posts = 0
 
-    def post(self, outcomes, want_light, want_heavy, halt, tally) -> None:
+    def post(self, request) -> None:
+        self.posts += 1
         with self.lock:
-            self._reply = self.scheduler.serve(0, outcomes, want_light, want_heavy, halt, tally)
+            self._reply = self.scheduler.serve(0, request)
 
     def poll(self):
         reply, self._reply = self._reply, None
@@ -98,11 +104,71 @@ class _MpiChannel:
     def __init__(self, world: World):
         self.comm = world.comm
 
-    def post(self, outcomes, want_light, want_heavy, halt, tally) -> None:
-        self.comm.send((outcomes, want_light, want_heavy, int(halt), tally), dest=0, tag=_REQ)
+    def post(self, request) -> None:
+        self.comm.send(request, dest=0, tag=_REQ)
 
     def poll(self):
         return self.comm.recv(source=0, tag=_REP) if self.comm.iprobe(source=0, tag=_REP) else None
+
+
+class _MpiPeers:
+    """worker.Peers over MPI: a theft is a message to the victim (_STEAL) and its answer (_LOOT).
+    Answers go out with isend: a large half of a queue must not block the victim's loop."""
+
+    def __init__(self, world: World):
+        self.comm = world.comm
+        self.MPI = world.MPI
+        self.rank, self.size = world.rank, world.size
+        self.victim: int | None = None
+        self.sending: list = []
+        self.thefts = 0  # thefts of ours, and answers we gave: the traffic figures
+        self.answers = 0
+        self._status = world.MPI.Status()
+
+    def ask(self, victim: int) -> None:
+        self.victim = victim
+        self.thefts += 1
+        self.comm.send(None, dest=victim, tag=_STEAL)
+
+    def loot(self):
+        if self.victim is None or not self.comm.iprobe(source=self.victim, tag=_LOOT):
+            return None
+        got = self.comm.recv(source=self.victim, tag=_LOOT)
+        self.victim = None
+        return got
+
+    def thieves(self) -> list[int]:
+        out = []
+        while self.comm.iprobe(source=self.MPI.ANY_SOURCE, tag=_STEAL, status=self._status):
+            src = self._status.Get_source()
+            self.comm.recv(source=src, tag=_STEAL)
+            out.append(src)
+        return out
+
+    def give(self, thief: int, units: list) -> None:
+        self.answers += 1
+        self.sending = [r for r in self.sending if not r.Test()]
+        self.sending.append(self.comm.isend(units, dest=thief, tag=_LOOT))
+
+    def drain(self, until) -> None:
+        """Answer every thief with nothing (and drop any late loot) until `until()` holds."""
+        delay = 0.0001
+        while not until():
+            for thief in self.thieves():
+                self.give(thief, [])
+            if self.victim is not None:
+                self.loot()
+            time.sleep(delay)
+            delay = min(delay * 2, 0.002)
+
+    def close(self) -> None:
+        """Collective: our own theft answered, then thieves answered until every rank is here,
+        so no theft is left without its answer when the work loop is over."""
+        self.drain(lambda: self.victim is None)
+        req = self.comm.Ibarrier()
+        self.drain(req.Test)
+        self.MPI.Request.Waitall(self.sending)
+        self.sending = []
 
 
 def _serve(world: World, scheduler, lock: threading.Lock, stop_signal, failed: list) -> None:
@@ -120,32 +186,58 @@ def _serve(world: World, scheduler, lock: threading.Lock, stop_signal, failed: l
                 continue
             delay = 0.0
             src = status.Get_source()
-            outcomes, wl, wh, halt, tally = comm.recv(source=src, tag=_REQ)
+            request = comm.recv(source=src, tag=_REQ)
             with lock:
-                reply, told = scheduler.serve(src, outcomes, wl, wh, halt, tally)
-            comm.send((reply, int(told)), dest=src, tag=_REP)
-            if reply is stop_signal:
+                reply = scheduler.serve(src, request)
+            comm.send(reply, dest=src, tag=_REP)
+            if reply.units is stop_signal:
                 remaining -= 1
     except BaseException as e:  # noqa: BLE001 - reported and turned into an abort by the caller
         failed.append(e)
         log.exception("the scheduler service failed")
 
 
-def run_work(world: World, scheduler, lock: threading.Lock, make_worker: Callable[[Any], Any],
-             stop_signal) -> None:
-    """Collective: every rank runs its worker until the scheduler (rank 0) says STOP."""
+@dataclass(frozen=True, slots=True)
+class Traffic:
+    """Messages of one leg seen from rank 0: requests it served for other ranks, and thefts
+    it answered or made; `moved` is the number of units that changed rank by theft (all ranks)."""
+
+    requests: int = 0
+    answers: int = 0
+    thefts: int = 0
+    moved: int = 0
+
+    @property
+    def messages(self) -> int:
+        return 2 * (self.requests + self.answers + self.thefts)
+
+
+def run_work(world: World, scheduler, lock: threading.Lock, make_worker: Callable[[Any, Any], Any],
+             stop_signal) -> Traffic:
+    """Collective: every rank runs its worker until the scheduler (rank 0) says STOP; idle ranks
+    steal from the others (worker.Peers). Returns rank 0's traffic figures (zeros elsewhere)."""
+    if world.size == 1:  # no peers: None
+        make_worker(_LocalChannel(scheduler, lock), None).run()
+        return Traffic()
+    peers = _MpiPeers(world)
     if world.rank != 0:
-        make_worker(_MpiChannel(world)).run()
-        return
+        worker = make_worker(_MpiChannel(world), peers)
+        worker.run()
+        peers.close()
+        world.comm.reduce(worker.stolen, root=0)
+        return Traffic()
     failed: list = []
-    service = None
-    if world.size > 1:
-        service = threading.Thread(target=_serve, args=(world, scheduler, lock, stop_signal, failed),
-                                   name="pfsxport-scheduler", daemon=True)
-        service.start()
-    make_worker(_LocalChannel(scheduler, lock)).run()
-    if service is not None:
-        while service.is_alive():
-            service.join(0.1)
+    served = scheduler.requests
+    service = threading.Thread(target=_serve, args=(world, scheduler, lock, stop_signal, failed),
+                               name="pfsxport-scheduler", daemon=True)
+    service.start()
+    local = _LocalChannel(scheduler, lock)
+    worker = make_worker(local, peers)
+    worker.run()
+    peers.drain(lambda: not service.is_alive())
+    peers.close()
+    moved = world.comm.reduce(worker.stolen, root=0)
     if failed:
         raise RuntimeError("the scheduler service failed") from failed[0]
+    # rank 0's own worker calls the scheduler: calls, not messages
+    return Traffic(scheduler.requests - served - local.posts, peers.answers, peers.thefts, moved)

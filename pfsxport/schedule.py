@@ -12,10 +12,12 @@ scans go first while batches are scarce, so the walk keeps every rank fed. Parts
 out by the OSTs they read from: the least busy OSTs first, and never more than
 `reads_per_ost` part reads in flight on one OST across the job.
 
-It never sees a report row: each rank writes its own rows to its report shard and sends
-its counts (share.Tally) with its requests; the scheduler hears of entries only as the
-units it hands out, and of hard links (which it pairs across ranks) as (path, status,
-checksum) of their rows.
+It never sees a report row, nor the light units a rank finds: each rank keeps and shares those
+itself (worker, share), writes its rows to its report shard, and sends its counts
+(share.Tally) and the state of its own work (share.Status) with its requests. The scheduler
+hears of entries only as the units it queues (the task's roots, large files, hard links,
+which it pairs across ranks, as (path, status, checksum) of their rows), and the walk is over
+when its queues are empty and share.Termination says the ranks' own work is too.
 
 A fault of the state directory (a rank's delta log or report shard cannot be written)
 halts the task: it stops as a cancel does, and `fault` says why.
@@ -43,7 +45,7 @@ from .model import (
     UnitOutcome,
     UploadStarted,
 )
-from .share import Tally
+from .share import Status, Tally, Termination
 
 
 class _Signal:
@@ -63,6 +65,30 @@ def _signal(name: str) -> _Signal:
 
 STOP = _Signal("STOP")  # nothing left anywhere: leave the work loop
 WAIT = _Signal("WAIT")  # nothing to hand out now, but others may still produce work
+
+
+@dataclass(slots=True)
+class Request:
+    """What a rank sends the scheduler: the outcomes it has for it, how many units it wants,
+    how far its own signals say to stop, its counts and the state of its own work."""
+
+    outcomes: list[UnitOutcome]
+    want_light: int
+    want_heavy: int
+    halt: Halt = Halt.NONE
+    tally: Tally | None = None
+    status: Status | None = None
+
+
+@dataclass(slots=True)
+class Reply:
+    """The scheduler's answer: units, STOP or WAIT; how far the task stops; and how many light
+    and heavy units it still has queued (a busy rank asks again soon only when it has some)."""
+
+    units: object
+    halt: Halt = Halt.NONE
+    light: int = 0
+    heavy: int = 0
 
 
 @dataclass(slots=True)
@@ -187,6 +213,8 @@ class Scheduler:
         self.aborted = False
         self.aborted_uploads = 0  # open uploads that the abort ended
         self.told = Halt.NONE  # the furthest stop any rank asked for (a signal it got)
+        self.walk = Termination()  # the ranks' own light work
+        self.requests = 0  # served, for the traffic figures
         self._uid = 0
         for u in roots:
             self._push(u)
@@ -196,6 +224,7 @@ class Scheduler:
         mapped through several associations runs one leg per association). Hard links are
         paired within a leg only: their objects live in that leg's repository."""
         self.resumable = dict(resumable)
+        self.walk = Termination()  # each leg's workers start their counts afresh
         self.inodes.clear()
         self.primaries.clear()
         if not self.canceled:
@@ -388,25 +417,29 @@ class Scheduler:
                 want -= 1
         if given:
             return given
-        if self.finished and any(ino.waiting for ino in self.inodes.values()):
+        if self.finished and self.walk.over() and any(ino.waiting for ino in self.inodes.values()):
             self._release_stranded()
             return self.exchange(rank, [], want_light, want_heavy)
-        return STOP if self.finished or (self.aborted and not self.finish) else WAIT
+        return STOP if (self.finished and self.walk.over()) or (self.aborted and not self.finish) else WAIT
 
-    def serve(self, rank: int, outcomes: list[UnitOutcome], want_light: int, want_heavy: int,
-              halt: Halt = Halt.NONE, tally: Tally | None = None):
-        """exchange() plus how far the task stops (Halt), so ranks drop what they hold queued;
-        `halt` is how far the asking rank was told to stop by a signal, `tally` its counts so
-        far (its rows stay with it)."""
-        if tally is not None:
-            self.tallies[rank] = tally
-        if halt > self.told:
-            self.told = Halt(halt)
-            if halt >= Halt.ABORT:
+    def serve(self, rank: int, req: Request) -> Reply:
+        """exchange() plus how far the task stops (Halt), so ranks drop what they hold queued,
+        and how much the scheduler has queued. The request says how far the asking rank was
+        told to stop by a signal, its counts so far (its rows stay with it) and its own work."""
+        self.requests += 1
+        if req.tally is not None:
+            self.tallies[rank] = req.tally
+        if req.status is not None:
+            self.walk.report(rank, req.status)
+        if req.halt > self.told:
+            self.told = Halt(req.halt)
+            if req.halt >= Halt.ABORT:
                 self.abort()
             else:
                 self.cancel()
-        return self.exchange(rank, outcomes, want_light, want_heavy), self.level
+        units = self.exchange(rank, req.outcomes, req.want_light, req.want_heavy)
+        return Reply(units, self.level, len(self.finish) + len(self.batches) + len(self.dirs),
+                     len(self.parts) + len(self.large))
 
     @property
     def level(self) -> Halt:

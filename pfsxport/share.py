@@ -1,15 +1,29 @@
-"""What a rank tells the coordinator instead of its report rows: its counts.
+"""Work sharing between ranks: the counts a rank reports instead of its rows, the light units
+it keeps, the halves it gives a thief, and how the coordinator knows that the walk is over.
 
 Pure: standard library only. Each rank writes its own rows to its report shard and keeps a
-`Tally`; the tally goes with each of its requests, the coordinator shows the sum of the
-latest ones as the task's progress, and the final ones are summed in one collective at the
-end of the task.
+`Tally`; the coordinator shows the sum of the latest ones as the task's progress, and the final
+ones are summed in one collective at the end of the task.
+
+Each rank keeps the light units it makes (directory scans, batches of small entries, deletes)
+in its own `LocalQueue` and runs them itself; a rank with nothing to do asks a random peer for
+half of that peer's queue (work stealing, as libcircle and mpiFileUtils do). None of this
+passes through the coordinator: it hears each rank's `Status` with the rank's requests (about
+one a second while the rank is busy) and runs `Termination`: the walk is over when every rank
+is idle and every unit given away has arrived, seen the same in two consecutive rounds of
+reports (so no report it counts on was overtaken by a theft).
+
+Why stealing and not a tree of coordinators: a tree still moves every unit through a process
+other than the one that found it; stealing moves work only when a rank runs dry, and then in
+halves, so messages fall per entry as the tree grows. bench/scale.py measures both the
+traffic and the coordinator's CPU per entry.
 """
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, fields
 
-from .model import ReportRow, RowStatus
+from .model import DirUnit, ReportRow, RowStatus
 
 
 @dataclass(slots=True)
@@ -67,3 +81,97 @@ class Tally:
         for t in tallies:
             out.add(t)
         return out
+
+
+class LocalQueue:
+    """A rank's own light units: directory scans on a stack (depth first keeps it small) and
+    everything else (batches of small entries, deletes) in arrival order. Scans go first while
+    the batches are few, so the walk keeps finding work for every thread."""
+
+    def __init__(self, scarce: int = 16):
+        self.dirs: list[DirUnit] = []
+        self.batches: deque = deque()
+        self.scarce = scarce
+
+    def __len__(self) -> int:
+        return len(self.dirs) + len(self.batches)
+
+    def push(self, unit) -> None:
+        (self.dirs if isinstance(unit, DirUnit) else self.batches).append(unit)
+
+    def take(self, scan: bool = True, batch: bool = True):
+        """The next unit to run here, or None; no scan when `scan` is false and no batch when
+        `batch` is (enough of that kind run already)."""
+        if scan and self.dirs and not (batch and len(self.batches) >= self.scarce):
+            return self.dirs.pop()
+        if batch and self.batches:
+            return self.batches.popleft()
+        return None
+
+    def steal(self) -> list:
+        """Half of the queue for a rank that has none: the oldest scans (the highest in the
+        tree, so the most work behind each) and the newest batches."""
+        nd = (len(self.dirs) + 1) // 2
+        out: list = self.dirs[:nd]
+        del self.dirs[:nd]
+        for _ in range((len(self.batches) + 1) // 2):
+            out.append(self.batches.pop())
+        return out
+
+    def clear(self) -> int:
+        """Drop every unit (a canceled task starts no more entries); returns how many."""
+        n = len(self)
+        self.dirs.clear()
+        self.batches.clear()
+        return n
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """What a rank tells the coordinator about its light work, with each request."""
+
+    idle: bool  # nothing queued, nothing running, no theft of its own under way
+    given: int = 0  # units handed to thieves, ever (in this leg)
+    taken: int = 0  # units received from victims, ever (in this leg)
+    queued: int = 0  # units in its LocalQueue
+
+
+class Termination:
+    """The coordinator's view of the ranks' light work. `over()` is true once every rank that
+    ever reported is idle and no stolen unit is in flight (given == taken summed over ranks),
+    seen the same in two consecutive checks with a fresh report from each of them between.
+    A rank that never reported has no work (it got none from anybody: a theft from it would
+    show in its victim's `given`). With no reports at all there is no local work anywhere."""
+
+    def __init__(self) -> None:
+        self.status: dict[int, Status] = {}
+        self.fresh: set[int] = set()
+        self._candidate: tuple | None = None
+        self.ended = False
+
+    def report(self, rank: int, status: Status) -> None:
+        self.status[rank] = status
+        self.fresh.add(rank)
+
+    def consistent(self) -> bool:
+        """Every rank idle and nothing in flight, as far as the latest reports go."""
+        s = self.status.values()
+        return all(x.idle for x in s) and sum(x.given for x in s) == sum(x.taken for x in s)
+
+    def over(self) -> bool:
+        if self.ended or not self.status:
+            return True
+        if not self.consistent():
+            self._candidate = None
+            return False
+        snapshot = tuple(sorted((r, s.given, s.taken) for r, s in self.status.items()))
+        if self._candidate != snapshot:
+            self._candidate = snapshot
+            self.fresh = set()
+            return False
+        self.ended = self.fresh >= set(self.status)
+        return self.ended
+
+    def queued(self) -> int:
+        """Light units waiting in the ranks' queues, as last reported (for progress)."""
+        return sum(s.queued for s in self.status.values())

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import threading
+import time
+from collections import Counter
 
 import pytest
 
@@ -65,11 +67,45 @@ def test_every_unit_runs_exactly_once_across_ranks(world):
     rows: list[ReportRow] = []
     lock = threading.Lock()
     scheduler = Scheduler([DirUnit("")], world.size) if world.rank == 0 else None
-    run_work(world, scheduler, lock, lambda ch: Worker(FakeTree(world.rank), ch, 4, 2, rows=rows.extend), STOP)
+    run_work(world, scheduler, lock,
+             lambda ch, peers: Worker(FakeTree(world.rank), ch, 4, 2, rows=rows.extend, peers=peers), STOP)
     rows = [r for mine in world.allgather(rows) for r in mine]  # each rank kept its own rows
     ok = True
     if world.rank == 0:
         paths = [r.path for r in rows]
         ok = (len(paths) == len(set(paths)) == FakeTree.expected_files()
               and scheduler.finished and len({r.rank for r in rows}) > 1)
+    assert all(world.allgather(world.bcast(ok)))
+
+
+class FlatTree(FakeTree):
+    """One directory of many files, each taking a moment to send (as a PUT would)."""
+
+    FILES = 8000
+
+    def run(self, unit):
+        files = [Entry(f"f{i}", EntryKind.FILE, 1, 0o100644, 0, 0, 0, 0, 0) for i in range(self.FILES)]
+        return UnitOutcome(unit.uid, units=self.route(files))
+
+    def export_entry(self, e):
+        time.sleep(0.001)
+        return super().export_entry(e)
+
+
+def test_one_huge_directory_is_shared_by_every_rank_without_passing_through_rank_0(world):
+    rows: list[ReportRow] = []
+    scheduler = Scheduler([DirUnit("")], world.size) if world.rank == 0 else None
+    traffic = run_work(world, scheduler, threading.Lock(),
+                       lambda ch, peers: Worker(FlatTree(world.rank), ch, 8, 2, rows=rows.extend, peers=peers), STOP)
+    rows = [r for mine in world.allgather(rows) for r in mine]
+    ok = True
+    if world.rank == 0:
+        per_rank = Counter(r.rank for r in rows)
+        ok = (sorted(r.path for r in rows) == sorted(f"f{i}" for i in range(FlatTree.FILES))
+              and set(per_rank) == set(range(world.size))  # every rank sent some of the one directory
+              and min(per_rank.values()) >= FlatTree.FILES // (4 * world.size)
+              and traffic.moved > 0  # by theft, rank to rank
+              and traffic.requests < FlatTree.FILES // 10)  # rank 0 hears of work in counts, not entries
+        if not ok:
+            print("per rank", per_rank, traffic)
     assert all(world.allgather(world.bcast(ok)))

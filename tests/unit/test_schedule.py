@@ -26,8 +26,8 @@ from pfsxport.model import (
     UnitOutcome,
     UploadStarted,
 )
-from pfsxport.schedule import STOP, WAIT, Scheduler
-from pfsxport.share import Tally
+from pfsxport.schedule import STOP, WAIT, Request, Scheduler
+from pfsxport.share import Status, Tally
 
 MiB = 1 << 20
 
@@ -383,6 +383,34 @@ def test_cancel_lets_in_flight_large_file_start_and_finish():
     assert isinstance(fin, FinishUnit)
 
 
+def ask(s: Scheduler, rank, outcomes, wl, wh, halt=Halt.NONE, status=None):
+    """A rank's request as the worker sends it; (units, halt) of the reply."""
+    reply = s.serve(rank, Request(outcomes, wl, wh, halt, status=status))
+    return reply.units, reply.halt
+
+
+# ---- the ranks' own work: the walk is over when they say so, twice -----------------------------
+
+def test_stop_waits_until_every_rank_reported_idle_twice_with_no_theft_in_flight():
+    s, _ = make([DirUnit("")])
+    [d] = s.exchange(0, [], 1, 0)
+    busy, idle = Status(False, queued=5), Status(True)
+    assert ask(s, 0, [UnitOutcome(d.uid)], 1, 1, status=busy)[0] is WAIT  # its finds stay with it
+    assert ask(s, 1, [], 1, 1, status=idle)[0] is WAIT
+    assert ask(s, 0, [], 1, 1, status=Status(True, given=2))[0] is WAIT  # gave 2 away, then went idle
+    assert ask(s, 1, [], 1, 1, status=idle)[0] is WAIT  # an old report: the theft is not in it
+    assert ask(s, 1, [], 1, 1, status=Status(True, taken=2))[0] is WAIT  # first sight: a candidate
+    assert ask(s, 0, [], 1, 1, status=Status(True, given=2))[0] is WAIT  # rank 1 must say it again
+    assert ask(s, 1, [], 1, 1, status=Status(True, taken=2))[0] is STOP
+    assert ask(s, 0, [], 1, 1, status=Status(True, given=2))[0] is STOP
+
+
+def test_the_reply_says_what_is_queued_so_busy_ranks_ask_only_then():
+    s, _ = make([DirUnit("a"), DirUnit("b"), LargeFileUnit(fentry())])
+    reply = s.serve(1, Request([], 1, 0, status=Status(True)))
+    assert len(reply.units) == 1 and (reply.light, reply.heavy) == (1, 1)
+
+
 # ---- abort: a second signal, the end of the grace ----------------------------------------------
 
 def test_abort_ends_open_uploads_at_once_and_hands_out_nothing_else():
@@ -393,11 +421,11 @@ def test_abort_ends_open_uploads_at_once_and_hands_out_nothing_else():
     s.abort()
     assert s.canceled and s.aborted and s.level is Halt.ABORT and s.aborted_uploads == 1
     # the part in flight is not waited for: the upload's abort goes out first, and only that
-    reply, halt = s.serve(1, [], 8, 8)
+    reply, halt = ask(s, 1, [], 8, 8)
     assert halt is Halt.ABORT
     [fin] = reply
     assert isinstance(fin, FinishUnit) and fin.canceled and fin.upload_id == "up1" and fin.key == "prefix/big"
-    assert s.serve(1, [], 8, 8) == (STOP, Halt.ABORT)
+    assert ask(s, 1, [], 8, 8) == (STOP, Halt.ABORT)
     # the late part and the abort's outcome change nothing; a rank asking now is told STOP
     assert s.exchange(0, [done(p1), UnitOutcome(fin.uid)], 8, 8) is STOP
     assert sink == [] and s.progress().counts.total == 0
@@ -418,7 +446,7 @@ def test_an_upload_reported_after_the_abort_is_left_to_its_rank():
     s, _ = make([LargeFileUnit(fentry())])
     [lfu] = s.exchange(0, [], 0, 1)
     s.abort()
-    reply, halt = s.serve(0, [UnitOutcome(lfu.uid, started=[started("late")])], 8, 8)
+    reply, halt = ask(s, 0, [UnitOutcome(lfu.uid, started=[started("late")])], 8, 8)
     assert (reply, halt) == (STOP, Halt.ABORT) and not s.uploads
 
 
@@ -427,7 +455,7 @@ def test_an_upload_reported_after_the_abort_is_left_to_its_rank():
 def test_a_rank_signalled_stops_the_task(told, canceled, aborted):
     """Any rank's signal reaches rank 0 with that rank's next request."""
     s, _ = make([DirUnit("a"), DirUnit("b"), LargeFileUnit(fentry())])
-    reply, halt = s.serve(1, [], 1, 0, told)
+    reply, halt = ask(s, 1, [], 1, 0, told)
     assert (s.told, s.canceled, s.aborted, halt) == (told, canceled, aborted, told)
     assert (reply is STOP) == canceled
 

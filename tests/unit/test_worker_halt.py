@@ -23,7 +23,7 @@ from pfsxport.model import (
     UnitOutcome,
     UploadStarted,
 )
-from pfsxport.schedule import STOP, WAIT
+from pfsxport.schedule import STOP, WAIT, Reply
 from pfsxport.worker import Worker
 
 BIG = Entry("big", EntryKind.FILE, 10 << 20, 0o100644, 1, 1, 10, 20, 30, ino=7)
@@ -63,14 +63,14 @@ class Channel:
         self.requests: list[tuple[list, Halt]] = []
         self._reply = None
 
-    def post(self, outcomes, want_light, want_heavy, halt, tally=None):
-        self.requests.append((outcomes, halt))
+    def post(self, request):
+        self.requests.append((request.outcomes, request.halt))
         when, reply = self.script[0]
-        if when(outcomes):
+        if when(request.outcomes):
             self.script.pop(0)
-            self._reply = reply
+            self._reply = Reply(*reply)
         else:
-            self._reply = (WAIT, Halt.NONE)
+            self._reply = Reply(WAIT, Halt.NONE)
 
     def poll(self):
         reply, self._reply = self._reply, None
@@ -153,12 +153,12 @@ def test_a_signal_during_the_wait_does_not_stall_the_loop():
     burst_done = threading.Event()
 
     class AfterBurst(Channel):
-        def post(self, outcomes, want_light, want_heavy, halt, tally=None):
-            self.requests.append((outcomes, halt))
+        def post(self, request):
+            self.requests.append((request.outcomes, request.halt))
             if len(self.requests) == 1:
-                self._reply = ([part(1, 1)], Halt.NONE)
+                self._reply = Reply([part(1, 1)], Halt.NONE)
             else:
-                self._reply = (STOP, Halt.ABORT) if burst_done.is_set() else (WAIT, Halt.NONE)
+                self._reply = Reply(STOP, Halt.ABORT) if burst_done.is_set() else Reply(WAIT, Halt.NONE)
 
     def burst():
         time.sleep(0.2)
