@@ -141,22 +141,36 @@ class Termination:
     ever reported is idle and no stolen unit is in flight (given == taken summed over ranks),
     seen the same in two consecutive checks with a fresh report from each of them between.
     A rank that never reported has no work (it got none from anybody: a theft from it would
-    show in its victim's `given`). With no reports at all there is no local work anywhere."""
+    show in its victim's `given`). With no reports at all there is no local work anywhere.
+    Each report and check is O(1): sums are kept, not recomputed over the ranks."""
 
     def __init__(self) -> None:
         self.status: dict[int, Status] = {}
         self.fresh: set[int] = set()
-        self._candidate: tuple | None = None
+        self.busy = self.given = self.taken = self.queued = 0
+        self.version = 0  # moves whenever a rank's (idle, given, taken) does
+        self._candidate: int | None = None
         self.ended = False
 
     def report(self, rank: int, status: Status) -> None:
+        old = self.status.get(rank)
+        if old is not None:
+            self.busy -= not old.idle
+            self.given -= old.given
+            self.taken -= old.taken
+            self.queued -= old.queued
+        if old is None or (old.idle, old.given, old.taken) != (status.idle, status.given, status.taken):
+            self.version += 1
         self.status[rank] = status
+        self.busy += not status.idle
+        self.given += status.given
+        self.taken += status.taken
+        self.queued += status.queued
         self.fresh.add(rank)
 
     def consistent(self) -> bool:
         """Every rank idle and nothing in flight, as far as the latest reports go."""
-        s = self.status.values()
-        return all(x.idle for x in s) and sum(x.given for x in s) == sum(x.taken for x in s)
+        return not self.busy and self.given == self.taken
 
     def over(self) -> bool:
         if self.ended or not self.status:
@@ -164,14 +178,9 @@ class Termination:
         if not self.consistent():
             self._candidate = None
             return False
-        snapshot = tuple(sorted((r, s.given, s.taken) for r, s in self.status.items()))
-        if self._candidate != snapshot:
-            self._candidate = snapshot
+        if self._candidate != self.version:
+            self._candidate = self.version
             self.fresh = set()
             return False
-        self.ended = self.fresh >= set(self.status)
+        self.ended = len(self.fresh) == len(self.status)
         return self.ended
-
-    def queued(self) -> int:
-        """Light units waiting in the ranks' queues, as last reported (for progress)."""
-        return sum(s.queued for s in self.status.values())

@@ -63,6 +63,11 @@ log = logging.getLogger("pfsxport")
 # only contend for the GIL (measured: 32 scan threads cost ~1.35x the CPU of one).
 SCANS = 4
 HEARTBEAT = 1.0  # seconds between a busy rank's reports to the coordinator
+# Longest wait between two thefts that came back empty: a theft costs the victim one iprobe and
+# one small answer, so idle ranks keep trying often; at the start of a walk the work is all on
+# one rank and spreads by halves (bench/simulate.py: a cap of 0.25 s left 100 ranks at a
+# tenth of their rate, 10 ms does not)
+STEAL_BACKOFF = 0.01
 _NEVER = Halt.ABORT + 1  # a queued finish is never dropped: its upload must end
 
 
@@ -256,8 +261,10 @@ class Worker:
         self.watch = watch  # this rank's halt.SignalWatch (None: no signals watched)
         self.peers = peers or NO_PEERS
         self.heartbeat = heartbeat
-        # idle ranks ask again after this long at most: rank 0 hears ~size/longest requests a second
-        self.longest = min(0.5, max(0.02, 0.0025 * self.peers.size))
+        # idle ranks ask again after this long at most: rank 0 hears at most ~2,000 requests a
+        # second from idle ranks (a few % of its core), and the end of the walk is seen within
+        # two of these waits
+        self.longest = min(0.25, max(0.02, 0.0005 * self.peers.size))
         self.pool = LocalQueue()
         self.stolen = 0  # units this rank got by theft (after run)
         self._local_uid = 0  # local units get negative uids: the scheduler's are positive
@@ -348,7 +355,7 @@ class _Loop:
         self.vital: set[int] = set()  # uids of _vital units queued or running
         self.stopping = False  # STOP came in an abort: finish the vital units, then leave
         self.central = (1, 1)  # (light, heavy) units the coordinator has queued, as last told
-        self.thefts = _Thefts(w.peers, w.longest)
+        self.thefts = _Thefts(w.peers, STEAL_BACKOFF)
 
     # ---- queues ----------------------------------------------------------------------
 

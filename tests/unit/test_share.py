@@ -90,4 +90,4 @@ def test_a_busy_rank_keeps_the_walk_going_and_no_reports_mean_no_local_work():
     term = Termination()
     term.report(0, Status(True))
     term.report(1, Status(False, queued=3))
-    assert not term.over() and not term.over() and term.queued() == 3
+    assert not term.over() and not term.over() and term.queued == 3
