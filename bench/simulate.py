@@ -13,7 +13,7 @@ What is modelled: time. Each rank runs one unit at a time on a simulated clock: 
 costs `--put-ms` (the client's CPU per small file, which is what bounds a rank), a scan 5 µs
 per child. A message takes 20 µs. The coordinator is a queue served one request at a time,
 each taking the real CPU time its `serve` call took here, and rank 0 loses that time from
-its own work. Ranks report every second (worker.HEARTBEAT) and when they have something for
+its own work. Ranks report every worker.HEARTBEAT and when they have something for
 the coordinator; an idle rank asks a random peer for work and the coordinator for its own,
 backing off as worker.Worker does.
 
@@ -186,8 +186,8 @@ class Sim:
         if reply.units is STOP:
             r.stopped = True
             return
-        if reply.units is WAIT:
-            r.backoff = min(r.longest, max(0.001, r.backoff * 2))
+        if reply.units is WAIT:  # as worker.Worker
+            r.backoff = r.longest if reply.light + reply.heavy == 0 else min(r.longest, max(0.001, r.backoff * 2))
         else:
             r.backoff = 0.0
             r.held.extend(reply.units)

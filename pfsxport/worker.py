@@ -62,7 +62,9 @@ log = logging.getLogger("pfsxport")
 # Directory scans in flight per rank: lstat releases the GIL, so a few overlap well; more
 # only contend for the GIL (measured: 32 scan threads cost ~1.35x the CPU of one).
 SCANS = 4
-HEARTBEAT = 1.0  # seconds between a busy rank's reports to the coordinator
+# Seconds between a busy rank's reports to the coordinator: its counts for the progress line
+# and its share.Status; a cancel reaches a busy rank within one (a signal reaches each rank itself)
+HEARTBEAT = 2.0
 # Longest wait between two thefts that came back empty: a theft costs the victim one iprobe and
 # one small answer, so idle ranks keep trying often; at the start of a walk the work is all on
 # one rank and spreads by halves (bench/simulate.py: a cap of 0.25 s left 100 ranks at a
@@ -509,8 +511,9 @@ class _Loop:
                 return True
             self.stopping = True
             return False
-        if got.units is WAIT:
-            self.backoff = min(self.w.longest, max(0.001, self.backoff * 2))
+        if got.units is WAIT:  # nothing queued there: no hurry to ask again
+            self.backoff = self.w.longest if got.light + got.heavy == 0 else \
+                min(self.w.longest, max(0.001, self.backoff * 2))
             return False
         self.backoff = 0.0
         units = got.units

@@ -29,7 +29,7 @@ def test_hard_tree_by_1_2_4_ranks(server, hard_tree, tmp_path):
     bucket = server.new_bucket()
     c = server.client()
     state = str(tmp_path / "state")
-    snapshots = {}
+    snapshots, reports = {}, {}
     for ranks in (None, 2, 4):
         label = f"r{ranks or 1}"
         r = run_export(server, ["--fs-root", hard_tree, "--repository", f"s3://{bucket}/{label}/",
@@ -88,7 +88,14 @@ def test_hard_tree_by_1_2_4_ranks(server, hard_tree, tmp_path):
         snapshots[label] = {
             k[len(label) + 1:]: (v, c.head_object(Bucket=bucket, Key=k)["Metadata"])
             for k, v in list_keys(c, bucket, f"{label}/").items()}
+        with h5py.File(local) as f:  # what a report says of each entry, whichever rank sent it
+            g = f["entries"]
+            cols = [g[n][:] for n in ("path", "type", "size", "status", "error_code", "bytes", "parts", "checksum")]
+            reports[label] = {tuple(v.decode() if isinstance(v, bytes) else int(v) for v in row)
+                              for row in zip(*cols, strict=True)}
+            assert len(reports[label]) == len(g["path"])  # one row per entry, none twice
     assert snapshots["r1"] == snapshots["r2"] == snapshots["r4"]
+    assert reports["r1"] == reports["r2"] == reports["r4"]
     assert c.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
 
