@@ -132,8 +132,10 @@ class S3Store:
                 s = self.settings
                 cfg = botocore.config.Config(
                     region_name=self.region,
-                    # over https; over http botocore always hashes the body
-                    s3={"addressing_style": s.addressing_style, "payload_signing_enabled": s.sign_payload == "always"},
+                    # auto: botocore's own rule (hash the body over http, not over https with a
+                    # checksum), which an explicit False would override everywhere
+                    s3={"addressing_style": s.addressing_style,
+                        "payload_signing_enabled": {"always": True, "never": False}.get(s.sign_payload)},
                     retries={"total_max_attempts": 1},  # retries are ours, in _retrying
                     max_pool_connections=self.pool,
                     connect_timeout=s.connect_timeout,

@@ -63,3 +63,26 @@ def test_a_multipart_upload_of_a_key_that_needs_encoding(seaweed, store, key):
     store.abort_multipart(key + "+2", other)
     assert not c.list_multipart_uploads(Bucket=store.bucket).get("Uploads")
     assert [o["Key"] for o in c.list_objects_v2(Bucket=store.bucket)["Contents"]] == [key]
+
+
+@pytest.mark.parametrize("sign, signed", [("auto", True), ("always", True), ("never", False)])
+def test_botocore_requests_hash_the_body_as_sign_payload_says(seaweed, monkeypatch, sign, signed):
+    """When botocore sends the data (credentials from a profile or a process, which the
+    store's own signer does not handle), `auto` over http still hashes each body into its
+    signature, as it does with the store's own signer."""
+    import hashlib
+
+    for k, v in seaweed.env().items():
+        monkeypatch.setenv(k, v)
+    s = S3Store(seaweed.new_bucket(), S3Settings(endpoint_url=seaweed.endpoint, addressing_style="path",
+                                                 sign_payload=sign))
+    s.fast = None  # the path of credentials the store's signer cannot use
+    sent: list[str] = []
+    s.client.meta.events.register("before-send.s3.PutObject",
+                                  lambda request, **_: sent.append(request.headers["x-amz-content-sha256"]))
+    body = b"payload " * 100
+    s.put_object("k", body, META, "application/octet-stream")
+    want = hashlib.sha256(body).hexdigest() if signed else "UNSIGNED-PAYLOAD"
+    got = sent[0].decode() if isinstance(sent[0], bytes) else sent[0]
+    assert got == want
+    assert seaweed.client().get_object(Bucket=s.bucket, Key="k")["Body"].read() == body
