@@ -9,6 +9,7 @@ subclass ConnectFailed when no connection could be made). Local: no MPI here.
 """
 from __future__ import annotations
 
+import re
 import select
 import socket
 import ssl
@@ -16,6 +17,8 @@ import threading
 from dataclasses import dataclass
 
 _NO_BODY = {204, 304}
+_BREAK = re.compile(r"[\r\n\x00]")  # may not be in a header's value
+_UNSAFE = re.compile(r"[\r\n\x00 ]")  # nor, with a space, in a name or the request target
 _MAX_HEAD = 64 << 10
 
 
@@ -46,7 +49,11 @@ class Pool:
         self._lock = threading.Lock()
 
     def request(self, method: str, target: str, headers: dict[str, str], body: bytes = b"") -> Response:
-        """Send one request (`headers` must carry Host) and read its whole answer."""
+        """Send one request (`headers` must carry Host) and read its whole answer. A line break
+        or a space where the request line or a header would end is refused (ValueError), as
+        http.client does: nothing a name or a value holds can add a header or a request."""
+        if _UNSAFE.search(target) or any(_UNSAFE.search(k) or _BREAK.search(v) for k, v in headers.items()):
+            raise ValueError(f"refusing to send a request whose target or headers hold a line break: {target!r}")
         head = [f"{method} {target} HTTP/1.1\r\n"]
         head += [f"{k}: {v}\r\n" for k, v in headers.items()]
         if body or method in ("PUT", "POST"):

@@ -211,3 +211,16 @@ def test_https_keeps_its_connection_and_checks_the_certificate(tmp_path):
     with pytest.raises(ssl.SSLCertVerificationError):
         get(pool(s, tls=ssl.create_default_context()))
     assert s.requests == []
+
+
+@pytest.mark.parametrize("target, headers", [
+    ("/k", {"x-amz-meta-a": "1\r\nx-injected: yes"}),
+    ("/k", {"x-amz-meta-a": "nul\x00"}),
+    ("/k", {"bad name": "v"}),
+    ("/k HTTP/1.1\r\nHost: elsewhere\r\n\r\nGET /other", {}),
+])
+def test_a_line_break_in_a_header_or_the_target_is_refused_before_anything_is_sent(target, headers):
+    s = Scripted([OK])
+    with pytest.raises(ValueError, match="line break"):
+        pool(s).request("PUT", target, {"Host": "h", **headers}, b"x")
+    assert s.requests == []  # nothing went out
