@@ -20,7 +20,7 @@ What it does, on ONE SeaweedFS (pfsxport.localstore.SeaweedFS, started in a temp
                --state-dir STATE --progress off
    with the server's AWS_* variables, then checks the bucket (every file with its size, nothing else but
    directory objects `dir/` and reports under pfsxport-reports/, a sample read back byte for byte) and
-   measures the manifest: STATE/manifests/*/manifest.sqlite size on disk / entries.
+   measures the manifest: STATE/manifests/*/*.sqlite (the shards) size on disk / entries.
 3. rclone is configured for the same server by an environment-variable remote (RCLONE_CONFIG_S3_TYPE=s3,
    PROVIDER=Other, ENDPOINT, ACCESS_KEY_ID, SECRET_ACCESS_KEY, REGION, FORCE_PATH_STYLE=true,
    ENV_AUTH=false), with AWS_CA_BUNDLE and the other CA variables removed from its environment. It syncs
@@ -314,21 +314,29 @@ def settle(ctx, root: str) -> float:
 # ---------------------------------------------------------------------------------------------- manifest
 
 def manifest_size(state: str) -> dict:
-    out = {}
-    for db in glob.glob(os.path.join(state, "manifests", "*", "manifest.sqlite")):
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-        try:
-            entries = con.execute("SELECT count(*) FROM entries").fetchone()[0]
-            page = con.execute("PRAGMA page_size").fetchone()[0]
-            pages = con.execute("PRAGMA page_count").fetchone()[0]
-            free = con.execute("PRAGMA freelist_count").fetchone()[0]
-            key_bytes = con.execute("SELECT sum(length(dir) + length(name)) FROM entries").fetchone()[0] or 0
-        finally:
-            con.close()
-        size = os.path.getsize(db)
-        alloc = os.stat(db).st_blocks * 512
-        extra = sum(os.path.getsize(p) for p in glob.glob(db + "-*"))
-        out = {"path": db, "bytes": size, "allocated_bytes": alloc, "side_files_bytes": extra,
+    """Size on disk of the manifest's shards (entries-NN.sqlite, uploads.sqlite), summed."""
+    out: dict = {}
+    for mdir in glob.glob(os.path.join(state, "manifests", "*")):
+        dbs = sorted(glob.glob(os.path.join(mdir, "*.sqlite")))
+        entries = pages = free = key_bytes = size = alloc = extra = page = 0
+        for db in dbs:
+            con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+            try:
+                if db.endswith("uploads.sqlite"):
+                    n = kb = 0
+                else:
+                    n = con.execute("SELECT count(*) FROM entries").fetchone()[0]
+                    kb = con.execute("SELECT sum(length(dir) + length(name)) FROM entries").fetchone()[0] or 0
+                page = con.execute("PRAGMA page_size").fetchone()[0]
+                pages += con.execute("PRAGMA page_count").fetchone()[0]
+                free += con.execute("PRAGMA freelist_count").fetchone()[0]
+            finally:
+                con.close()
+            entries, key_bytes = entries + n, key_bytes + kb
+            size += os.path.getsize(db)
+            alloc += os.stat(db).st_blocks * 512
+            extra += sum(os.path.getsize(p) for p in glob.glob(db + "-*"))
+        out = {"path": mdir, "files": len(dbs), "bytes": size, "allocated_bytes": alloc, "side_files_bytes": extra,
                "entries": entries, "bytes_per_entry": size / entries if entries else None,
                "page_size": page, "pages": pages, "free_pages": free,
                "path_bytes_per_entry": key_bytes / entries if entries else None}
@@ -513,10 +521,10 @@ def entry_costs(root: str, state: str, repeat: int = 3) -> dict:
     from pfsxport.model import DirUnit
     from pfsxport.walk import Root, scan_dir
 
-    dbs = glob.glob(os.path.join(state, "manifests", "*", "manifest.sqlite"))
+    dbs = glob.glob(os.path.join(state, "manifests", "*", "entries-*.sqlite"))
     if not dbs:
         return {}
-    db = dbs[0]
+    db = os.path.dirname(dbs[0])
     rels = [""]
     for dirpath, dirnames, _ in os.walk(root):
         for d in dirnames:
@@ -728,7 +736,7 @@ def render(d: dict) -> str:
                   f"{ck['dir_objects']} dir objects, {ck['stray']} stray); final check "
                   f"{'ok' if info['check_final']['ok'] else 'FAILED'} ({info['check_final']['objects']} objects)")
         if mf:
-            md.append(f"  - manifest.sqlite: {mf['bytes']:,} B ({mf['allocated_bytes']:,} B allocated) for "
+            md.append(f"  - manifest ({mf['files']} shards): {mf['bytes']:,} B ({mf['allocated_bytes']:,} B allocated) for "
                       f"{mf['entries']:,} entries = **{mf['bytes_per_entry']:.1f} B/entry** (of which dir+name "
                       f"{mf['path_bytes_per_entry']:.1f} B); page {mf['page_size']} B, {mf['free_pages']} free pages")
     if d.get("startup"):

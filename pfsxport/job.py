@@ -601,18 +601,28 @@ def _run_leg(world, cfg: ExportConfig, task_id: str, leg: Leg, scheduler: Schedu
         _abort_unclaimed(transfer, scheduler, leg.roots)
     if store.bucket_lost and not cfg.dry_run:  # what this task wrote may be gone with the bucket: reconcile next
         manifest.mark_lost(store.bucket_lost)
-    faults = world.allgather(delta.close())  # every rank's delta log is complete before rank 0 merges them
+    faults = world.allgather(delta.close())  # every rank's delta log is complete before any is merged
     reader.close()
+    fault = next((f for f in faults if f), None)
     if world.rank == 0:
-        fault = scheduler.fault or next((f for f in faults if f), None)
-        try:
-            if fault is None and not cfg.dry_run:  # else the logs stay for the next task to merge
-                manifest.merge()
-        except StateError as e:
-            fault = e
-        if fault is not None:
-            with lock:
-                scheduler.halt(fault)
+        fault = scheduler.fault or fault
+    if world.bcast(fault is None and not cfg.dry_run):  # else the logs stay for the next task to merge
+        faults = world.allgather(_merge_part(manifest, world.rank, world.size))
+        fault = next((f for f in faults if f), None)
+        if world.rank == 0 and fault is None:
+            manifest.drop_logs()
+    if world.rank == 0 and fault is not None:
+        with lock:
+            scheduler.halt(fault)
+
+
+def _merge_part(manifest: Manifest, rank: int, size: int) -> StateError | None:
+    """This rank's share of the manifest merge at the end of a leg, or the fault that stopped it."""
+    try:
+        manifest.merge_part(rank, size)
+    except StateError as e:
+        return e
+    return None
 
 
 def _joined(prefix: str, path: str) -> str:

@@ -405,7 +405,7 @@ def test_a_manifest_overwritten_with_garbage_fails_the_task_and_says_what_to_do(
     args = ["--fs-root", root, "--repository", f"s3://{bucket}/x/", "--state-dir", state]
     assert run_export(seaweed, args).returncode == 0
     [manifest] = [os.path.join(d, n) for d, _, names in os.walk(os.path.join(state, "manifests"))
-                  for n in names if n == "manifest.sqlite"]
+                  for n in names if n == "entries-00.sqlite"]  # the root's entries
     with open(manifest, "wb") as f:
         f.write(random.Random(1).randbytes(20000))
 

@@ -46,6 +46,7 @@ class FakeTree:
     def run(self, unit):
         assert isinstance(unit, DirUnit)
         depth = unit.path.count("/") + 1 if unit.path else 0
+        time.sleep(0.002)  # a listing takes time: one rank alone cannot finish before the others take part
         files = [Entry(f"{unit.path}/f{i}".lstrip("/"), EntryKind.FILE, 1, 0o100644, 0, 0, 0, 0, 0)
                  for i in range(self.FILES)]
         dirs = [] if depth >= self.DEPTH else [f"{unit.path}/d{i}".lstrip("/") for i in range(self.FANOUT)]

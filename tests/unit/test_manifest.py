@@ -106,7 +106,7 @@ def test_a_log_cut_off_by_a_kill_loses_only_its_last_line(manifest):
     log.put("a", REC)
     log.put("b", REC)
     log.close()
-    path = os.path.join(manifest.deltas, "t", "rank-0.log")
+    path = os.path.join(manifest.deltas, "t", "rank-0", "00.log")
     with open(path, "a") as f:
         f.write('["P","c",10,1')  # killed mid-write
     manifest.merge()
@@ -187,7 +187,7 @@ def test_a_log_on_a_full_file_system_raises_at_flush_and_keeps_raising(manifest)
     """/dev/full answers every write with ENOSPC, as a full file system does."""
     from pfsxport.errors import ExitCode, StateError
 
-    path = os.path.join(manifest.deltas, "t", "rank-0.log")
+    path = os.path.join(manifest.deltas, "t", "rank-0", "00.log")
     os.makedirs(os.path.dirname(path))
     os.symlink("/dev/full", path)
     log = manifest.delta_log("t", 0)
@@ -208,14 +208,15 @@ def test_a_manifest_that_is_not_a_database_is_named_and_the_logs_stay(manifest):
     log.put("a", REC)
     log.close()
     os.makedirs(manifest.directory, exist_ok=True)
-    with open(manifest.db_path, "wb") as f:
+    db = manifest.shard_path("00")
+    with open(db, "wb") as f:
         f.write(b"not a database, not at all" * 200)
     with pytest.raises(StateError) as ei:
         manifest.merge()
     assert ei.value.name == "StateFileCorrupt"
-    assert manifest.db_path in str(ei.value) and "--full" in str(ei.value)
+    assert db in str(ei.value) and "--full" in str(ei.value)
     assert os.listdir(manifest.deltas) == ["t"]  # nothing lost: merged once the manifest is set aside
-    os.rename(manifest.db_path, manifest.db_path + ".bad")
+    os.rename(db, db + ".bad")
     manifest.merge()
     assert manifest.reader().directory("") == {b"a": REC}
 
@@ -224,9 +225,89 @@ def test_overwritten_lines_of_a_log_are_warned_about(manifest, caplog):
     log = manifest.delta_log("t", 0)
     log.put("a", REC)
     log.close()
-    path = os.path.join(manifest.deltas, "t", "rank-0.log")
+    path = os.path.join(manifest.deltas, "t", "rank-0", "00.log")
     with open(path, "ab") as f:
         f.write(b"\xff\xfe garbage\n" + b'["P","b",10,1,2,33188,0,0,7]\n')
     manifest.merge()
     assert set(manifest.reader().directory("")) == {b"a", b"b"}
     assert any(path in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+
+
+# ---- shards: the merge split over ranks, and the single-file layout of earlier versions --------
+
+def _logs_of_three_ranks(manifest):
+    for rank in range(3):
+        log = manifest.delta_log("t", rank)
+        for i in range(40):
+            log.put(f"d{i}/r{rank}", REC)
+        log.add("U", f"up{rank}", f"d0/big{rank}", f"d0/big{rank}", 5, 1, 2, 3, 8)
+        log.close()
+    log = manifest.delta_log("t", 3)
+    log.add("T", "d7")  # a tree delete reaches the entries of every shard
+    log.close()
+
+
+def test_the_merge_split_over_two_ranks_gives_the_manifest_one_merge_gives(tmp_path):
+    one, two = Manifest(str(tmp_path / "one")), Manifest(str(tmp_path / "two"))
+    _logs_of_three_ranks(one)
+    _logs_of_three_ranks(two)
+    want = one.merge()
+    assert two.merge_part(1, 2) == []  # part 1 holds no uploads
+    assert os.listdir(two.deltas) == ["t"]  # the logs stay until every part is in
+    got = two.merge_part(0, 2)
+    two.drop_logs()
+    assert sorted(u.upload_id for u in got) == sorted(u.upload_id for u in want) == ["up0", "up1", "up2"]
+    assert one.count() == two.count() == 39 * 3
+    for i in range(40):
+        assert one.reader().directory(f"d{i}") == two.reader().directory(f"d{i}")
+    assert two.reader().directory("d7") == {}
+    assert not os.listdir(two.deltas)
+    shards = [n for n in os.listdir(two.directory) if n.startswith("entries-")]
+    assert len(shards) > 10  # the directories spread over the shards
+
+
+def test_a_merge_cut_off_after_some_shards_is_done_again_to_the_same_manifest(tmp_path):
+    one, two = Manifest(str(tmp_path / "one")), Manifest(str(tmp_path / "two"))
+    _logs_of_three_ranks(one)
+    _logs_of_three_ranks(two)
+    one.merge()
+    two.merge_part(1, 2)  # then killed: the logs are all still there
+    two.merge()
+    assert one.count() == two.count()
+    assert [u.upload_id for u in one.merge()] == [u.upload_id for u in two.merge()]
+
+
+def _legacy_manifest(directory):
+    import sqlite3
+
+    os.makedirs(os.path.join(directory, "deltas", "old-task"))
+    con = sqlite3.connect(os.path.join(directory, "manifest.sqlite"))
+    con.executescript("""
+        CREATE TABLE entries(dir BLOB NOT NULL, name BLOB NOT NULL, size INTEGER, mtime INTEGER, ctime INTEGER,
+          mode INTEGER, uid INTEGER, gid INTEGER, ino INTEGER, PRIMARY KEY(dir, name)) WITHOUT ROWID;
+        CREATE TABLE uploads(upload_id TEXT PRIMARY KEY, path BLOB, key TEXT, size INTEGER, mtime INTEGER,
+          ctime INTEGER, ino INTEGER, part_size INTEGER);
+        CREATE TABLE parts(upload_id TEXT NOT NULL, n INTEGER NOT NULL, etag TEXT, crc_b64 TEXT, crc INTEGER,
+          length INTEGER, PRIMARY KEY(upload_id, n)) WITHOUT ROWID;""")
+    con.executemany("INSERT INTO entries VALUES (?,?,?,?,?,?,?,?,?)",
+                    [(f"d{i}".encode(), b"f", *REC) for i in range(30)] + [(b"", b"top\n", *REC)])
+    con.execute("INSERT INTO uploads VALUES ('u1', ?, 'big', 5, 1, 2, 3, 8)", (b"big",))
+    con.execute("INSERT INTO parts VALUES ('u1', 1, 'etag', 'b64', 7, 8)")
+    con.commit()
+    con.close()
+    with open(os.path.join(directory, "deltas", "old-task", "rank-1.log"), "w") as f:
+        f.write('["P","d0/new",10,1,2,33188,0,0,7]\n["D","d1/f"]\n')
+
+
+def test_a_manifest_of_the_single_file_layout_is_read_then_split_into_shards(manifest):
+    _legacy_manifest(manifest.directory)
+    r = manifest.reader()
+    assert set(r.directory("d0")) == {b"f"} and set(r.directory("")) == {b"top\n"}
+    r.close()
+    (up,) = manifest.merge()
+    assert (up.upload_id, up.parts) == ("u1", {1: ("etag", "b64", 7, 8)})
+    assert not os.path.exists(manifest.legacy_path) and not os.listdir(manifest.deltas)
+    assert manifest.count() == 31  # 31 rows, one put more, one delete
+    r = manifest.reader()
+    assert set(r.directory("d0")) == {b"f", b"new"} and r.directory("d1") == {}
+    assert set(r.directory("")) == {b"top\n"}
