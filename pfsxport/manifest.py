@@ -50,6 +50,7 @@ import threading
 import uuid
 import zlib
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -110,7 +111,7 @@ class OpenUpload:
 
 class Reader:
     """Read-only lookups during a task: one SQLite connection per shard the rank touches
-    (memory bounded by their page caches, 1 MiB each), shared by the rank's threads under a
+    (memory bounded by their page caches, 256 KiB each), shared by the rank's threads under a
     lock; queries are short. A manifest of the single-file layout is read as it is."""
 
     def __init__(self, directory: str):
@@ -127,7 +128,7 @@ class Reader:
                 con = None
                 if os.path.exists(path):
                     con = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True, check_same_thread=False)
-                    con.execute("PRAGMA cache_size=-1024")
+                    con.execute("PRAGMA cache_size=-256")
                 self._cons[shard] = con
             con = self._cons[shard]
             return con.execute(sql, args).fetchall() if con is not None else []
@@ -315,18 +316,20 @@ class Manifest:
             raise unusable(self.directory, e, "create the directory") from None
         logs = self._logs()
         names = [shard_name(n) for n in range(part, SHARDS, parts)] + ([UPLOADS] if part == 0 else [])
-        open_uploads: list[OpenUpload] = []
-        for name in names:
-            if name in logs or os.path.exists(self.shard_path(name)) or name == UPLOADS:
-                con = self._apply_logs(name, logs.get(name, []))
-                try:
-                    if name == UPLOADS:
-                        open_uploads = _open_uploads(con)
-                except sqlite3.Error as e:
-                    raise self._fault(e, self.shard_path(name)) from None
-                finally:
-                    con.close()
-        return open_uploads
+        names = [n for n in names if n in logs or n == UPLOADS or os.path.exists(self.shard_path(n))]
+        # a commit waits for its fsyncs (the GIL is released meanwhile): shards go side by side
+        with ThreadPoolExecutor(max_workers=8, thread_name_prefix="pfsxport-merge") as pool:
+            done = list(pool.map(lambda name: self._merge_shard(name, logs.get(name, [])), names))
+        return next((ups for name, ups in zip(names, done, strict=True) if name == UPLOADS), [])
+
+    def _merge_shard(self, name: str, paths: list[str]) -> list[OpenUpload]:
+        con = self._apply_logs(name, paths)
+        try:
+            return _open_uploads(con) if name == UPLOADS else []
+        except sqlite3.Error as e:
+            raise self._fault(e, self.shard_path(name)) from None
+        finally:
+            con.close()
 
     def drop_logs(self) -> None:
         """Remove the merged delta logs (once every shard has taken them)."""
