@@ -28,6 +28,7 @@ REPORT_CSV = "report.csv"
 REPORT_H5 = "report.h5"
 SHARDS = "shards"
 _CHUNK = 4096
+_REOPEN = 32 * _CHUNK  # rows between two reopens of a shard being written (write_h5)
 _QUOTE = re.compile(r'[,"\r\n]')
 
 
@@ -198,14 +199,24 @@ def _dtypes(h5py, np) -> dict:
 
 
 def _atomic_h5(path: str, fill) -> None:
-    """Write an HDF5 file under a temporary name with `fill(h5py, np, file)`, then rename."""
+    """Write an HDF5 file under a temporary name with `fill(h5py, np, file, reopen)`, then
+    rename; `reopen()` closes the file and returns it opened again."""
     import h5py
     import numpy as np
 
     tmp = path + ".tmp"
+    files = []
+
+    def reopen():
+        files[-1].close()
+        files.append(h5py.File(tmp, "a"))
+        return files[-1]
     try:
-        with h5py.File(tmp, "w") as f:
-            fill(h5py, np, f)
+        files.append(h5py.File(tmp, "w"))
+        try:
+            fill(h5py, np, files[-1], reopen)
+        finally:
+            files[-1].close()
         os.replace(tmp, path)
     except BaseException:
         _remove(tmp)
@@ -213,15 +224,22 @@ def _atomic_h5(path: str, fill) -> None:
 
 
 def write_h5(path: str, chunks: Iterator[list[ReportRow]], attrs: dict) -> None:
-    """One table of rows (one dataset per column under /entries), built chunk by chunk."""
-    def fill(h5py, np, f) -> None:
+    """One table of rows (one dataset per column under /entries), built chunk by chunk. The
+    file is closed and opened again every _REOPEN rows: until it closes, HDF5 keeps the heap
+    of every variable-length string written (about 18 MB per text column per million rows),
+    so a shard's memory would grow with its rows (seven text columns: 130 B a row)."""
+    def fill(h5py, np, f, reopen) -> None:
         dtypes = _dtypes(h5py, np)
         g = f.create_group("entries")
-        ds = {c: g.create_dataset(c, shape=(0,), maxshape=(None,), dtype=dtypes[c], chunks=(_CHUNK,))
-              for c in COLUMNS}
-        n = 0
+        for c in COLUMNS:
+            g.create_dataset(c, shape=(0,), maxshape=(None,), dtype=dtypes[c], chunks=(_CHUNK,))
+        n = since = 0
         for rows in chunks:
+            if since >= _REOPEN:
+                f, since = reopen(), 0
+            ds = f["entries"]
             m = len(rows)
+            since += m
             cols = {
                 "path": [printable(r.path) for r in rows], "type": [r.kind for r in rows],
                 "size": [r.size for r in rows], "status": [r.status.value for r in rows],
@@ -244,7 +262,7 @@ def write_h5(path: str, chunks: Iterator[list[ReportRow]], attrs: dict) -> None:
 def write_virtual_h5(path: str, shards: list[str], attrs: dict) -> None:
     """report.h5: each column a virtual dataset over the same column of every shard file
     (paths relative to report.h5's directory), in shard order."""
-    def fill(h5py, np, f) -> None:
+    def fill(h5py, np, f, _reopen) -> None:
         base = os.path.dirname(path)
         sizes = []
         for sh in shards:

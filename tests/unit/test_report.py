@@ -215,8 +215,14 @@ def test_shards_of_every_rank_read_as_one_report(tmp_path):
     assert set(paths) == {FAILURES, REPORT_CSV, REPORT_H5}
 
 
-def test_write_h5_many_chunks(tmp_path):
+@pytest.mark.parametrize("reopen", [10**9, 2000])
+def test_write_h5_many_chunks(tmp_path, monkeypatch, reopen):
+    """Also when the file is closed and opened again between chunks (which bounds the
+    memory HDF5 keeps for the text columns of a large shard)."""
+    import pfsxport.report
+
     h5py = pytest.importorskip("h5py")
+    monkeypatch.setattr(pfsxport.report, "_REOPEN", reopen)
     rows = [ReportRow(f"f{i}", "file", i, RowStatus.SUCCEEDED, bytes=i) for i in range(10_000)]
     chunks = [rows[i:i + 3000] for i in range(0, len(rows), 3000)]
     out = tmp_path / "x.h5"
@@ -226,7 +232,8 @@ def test_write_h5_many_chunks(tmp_path):
         assert f["entries"]["size"].shape == (10_000,)
         assert list(f["entries"]["size"][:]) == list(range(10_000))
         assert f["entries"]["path"].asstr()[9999] == "f9999"
-        assert int(f.attrs["entries"]) == 10_000
+        assert list(f["entries"]["path"].asstr()[:]) == [f"f{i}" for i in range(10_000)]
+        assert int(f.attrs["entries"]) == 10_000 and f.attrs["k"] == "v"
 
 
 def test_report_writer_on_a_full_file_system_raises_and_leaves_no_spill(tmp_path):
