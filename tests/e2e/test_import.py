@@ -1,0 +1,192 @@
+"""`pfsxport import` against real S3 servers under real mpiexec: the round trip of the hard
+tree, keys written by other tools, and hostile keys (FSX-FACTS §6, §9; SPEC §7)."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+
+import pytest
+from conftest import MPIEXEC, describe, list_keys, run_export
+from treeutil import build_hard_tree
+
+FILES_FAILED = 3
+
+
+def run_import(server, args: list[str], ranks: int | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+    base = [sys.executable, "-m", "pfsxport", "import"] + args
+    cmd = base if ranks is None else [MPIEXEC, "-n", str(ranks)] + base
+    env = {**os.environ, **server.env()}
+    env.pop("PFSXPORT_STATE_DIR", None)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def snapshot(root: str, dir_metadata: bool = True) -> dict[str, tuple]:
+    """Every entry under root: type, mode without setuid/setgid, owner, mtime, and content
+    (a digest of a file's bytes, a symlink's target)."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, root)
+            st = os.lstat(full)
+            if stat.S_ISDIR(st.st_mode):
+                out[rel] = ("dir", st.st_mode & 0o1777, st.st_uid, st.st_gid, st.st_mtime_ns) if dir_metadata \
+                    else ("dir",)
+            elif stat.S_ISLNK(st.st_mode):
+                out[rel] = ("link", os.readlink(full), st.st_uid, st.st_gid, st.st_mtime_ns)
+            elif stat.S_ISREG(st.st_mode):
+                with open(full, "rb") as f:
+                    digest = hashlib.sha256(f.read()).hexdigest()
+                out[rel] = ("file", st.st_mode & 0o1777, st.st_uid, st.st_gid, st.st_mtime_ns, st.st_size, digest)
+    return out
+
+
+def report(state: str, task_id: str, name: str) -> list[list[str]]:
+    with open(os.path.join(state, "tasks", task_id, name), newline="", encoding="utf-8") as f:
+        return list(csv.reader(f))
+
+
+def task_of(r: subprocess.CompletedProcess) -> str:
+    first = r.stdout.split()
+    assert first and first[0].startswith("task-"), r.stdout + r.stderr
+    return first[0]
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+@pytest.mark.timeout(600)
+def test_round_trip_of_the_hard_tree(server, tmp_path, ranks):
+    src, dst, state = str(tmp_path / "src"), str(tmp_path / "dst"), str(tmp_path / "state")
+    build_hard_tree(src)
+    bucket = server.new_bucket()
+    repo = f"s3://{bucket}/tree/"
+    r = run_export(server, ["--fs-root", src, "--repository", repo, "--state-dir", state,
+                            "--part-size", "5MiB", "--multipart-threshold", "5MiB"], ranks=ranks)
+    assert r.returncode == FILES_FAILED, r.stderr  # the too-long and non-UTF-8 names
+    keys = set(list_keys(server.client(), bucket, "tree/"))
+    before = {p: v for p, v in snapshot(src, server.keeps_dir_metadata).items()
+              if "tree/" + p + ("/" if v[0] == "dir" else "") in keys}
+    shutil.rmtree(src)
+    os.mkdir(dst)
+    r = run_import(server, ["--fs-root", dst, "--repository", repo, "--state-dir", state, "--part-size", "5MiB"],
+                   ranks=ranks)
+    assert r.returncode == 0, r.stderr[-3000:]
+    task = task_of(r)
+    after = snapshot(dst, server.keeps_dir_metadata)
+    assert len(before) > 30 and after == before
+    assert after["modes/chowned"][2:4] == (1234, 5678) and after["links/to-dir"][1] == "target-dir"
+    assert after["empty/nested-empty"][0] == "dir"
+    assert not any(".pfsxport-tmp-" in p for p in after)
+    d = describe(task, state)
+    assert d["Type"] == "IMPORT_METADATA_FROM_REPOSITORY" and d["Lifecycle"] == "SUCCEEDED"
+    assert d["Status"]["FailedCount"] == 0 and d["Status"]["SucceededCount"] == len(keys)
+    assert report(state, task, "report.csv") == []  # FSx's import report: the failures, none here
+    entries = report(state, task, "entries.csv")
+    assert entries[0][:4] == ["path", "type", "size", "status"] and len(entries) == 1 + len(keys)
+    remote = list_keys(server.client(), bucket, f"pfsxport-reports/{task}/")
+    assert {f"pfsxport-reports/{task}/report.csv", f"pfsxport-reports/{task}/entries.csv"} <= set(remote)
+    sparse = os.path.join(dst, "big", "several-parts")  # the modes tree's files exist; spot-check a big one
+    assert os.path.getsize(sparse) == 3 * 5 * (1 << 20) + 777
+
+
+def _put(client, bucket: str, key: str, body: bytes = b"", **meta: str) -> None:
+    client.put_object(Bucket=bucket, Key=key, Body=body, Metadata=meta)
+
+
+def test_keys_written_by_other_tools(moto, tmp_path):
+    """No metadata: root:root 0755 with the object's LastModified; times in milliseconds; a
+    `dir/` object with a regular-file mode is a directory with that mode's permission bits;
+    DataSync's six-digit modes; setuid and setgid never set."""
+    c, bucket = moto.client(), moto.new_bucket()
+    _put(c, bucket, "p/plain.txt", b"no metadata\n")
+    _put(c, bucket, "p/ms.txt", b"ms\n", **{"file-mtime": "1595002920123", "file-atime": "1595002920456",
+                                           "file-permissions": "100640", "file-owner": "1000", "file-group": "1001"})
+    _put(c, bucket, "p/dir/", **{"file-permissions": "0100664", "file-mtime": "1600000000000000000ns"})
+    _put(c, bucket, "p/dir/inner", b"x", **{"file-permissions": "0104755"})
+    _put(c, bucket, "p/noslash/deep/file", b"implicit parents\n")
+    _put(c, bucket, "p/link", b"dir/inner", **{"file-permissions": "0120777"})
+    dst, state = tmp_path / "dst", str(tmp_path / "state")
+    dst.mkdir()
+    r = run_import(moto, ["--fs-root", str(dst), "--repository", f"s3://{bucket}/p", "--state-dir", state])
+    assert r.returncode == 0, r.stderr[-3000:]
+    plain = os.lstat(dst / "plain.txt")
+    assert (stat.S_IMODE(plain.st_mode), plain.st_uid, plain.st_gid) == (0o755, 0, 0)
+    last_modified = c.head_object(Bucket=bucket, Key="p/plain.txt")["LastModified"].timestamp()
+    assert abs(plain.st_mtime - last_modified) < 2
+    ms = os.lstat(dst / "ms.txt")
+    assert (ms.st_mtime_ns, ms.st_atime_ns) == (1595002920123 * 10 ** 6, 1595002920456 * 10 ** 6)
+    assert (stat.S_IMODE(ms.st_mode), ms.st_uid, ms.st_gid) == (0o640, 1000, 1001)
+    d = os.lstat(dst / "dir")
+    assert stat.S_ISDIR(d.st_mode) and stat.S_IMODE(d.st_mode) == 0o664 and d.st_mtime_ns == 1600000000000000000
+    assert stat.S_IMODE(os.lstat(dst / "dir" / "inner").st_mode) == 0o755  # setuid never set
+    assert (dst / "noslash" / "deep" / "file").read_bytes() == b"implicit parents\n"
+    assert os.readlink(dst / "link") == "dir/inner"
+
+
+HOSTILE = {
+    "../escape": "S3ObjectPathNotPosixCompliant",
+    "/abs": "S3ObjectPathNotPosixCompliant",
+    "a/../../b": "S3ObjectPathNotPosixCompliant",
+    "./x": "S3ObjectPathNotPosixCompliant",
+    "a//b": "S3ObjectPathNotPosixCompliant",
+    "a/./b": "S3ObjectPathNotPosixCompliant",
+    "out/secret": "S3ObjectPathThroughSymlink",  # `out` is a symlink already in the target
+    "clash": "S3ObjectTypeMismatch",  # `clash/` objects too: the directory wins
+}
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_hostile_keys_are_refused_and_nothing_lands_outside(moto, tmp_path, ranks):
+    c, bucket = moto.client(), moto.new_bucket()
+    for key in HOSTILE:
+        _put(c, bucket, key, b"hostile\n")
+    _put(c, bucket, "clash/inside", b"ok\n")
+    _put(c, bucket, "file..txt", b"a fine name\n")
+    _put(c, bucket, "a/fine", b"ok\n")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    dst, state = tmp_path / "work" / "dst", str(tmp_path / "state")
+    dst.mkdir(parents=True)
+    os.symlink(str(outside), dst / "out")
+    r = run_import(moto, ["--fs-root", str(dst), "--repository", f"s3://{bucket}/", "--state-dir", state],
+                   ranks=ranks)
+    assert r.returncode == FILES_FAILED, r.stderr[-3000:]
+    task = task_of(r)
+    rows = {row[0]: (row[1], row[2]) for row in report(state, task, "report.csv")}
+    assert rows == {k: ("failed", code) for k, code in HOSTILE.items()}
+    assert os.listdir(outside) == []
+    assert sorted(os.listdir(tmp_path)) == ["outside", "state", "work"]
+    assert sorted(os.listdir(tmp_path / "work")) == ["dst"]
+    assert sorted(os.listdir(dst)) == ["a", "clash", "file..txt", "out"]
+    assert (dst / "file..txt").read_bytes() == b"a fine name\n"
+    assert (dst / "clash" / "inside").read_bytes() == b"ok\n"
+    d = describe(task, state)
+    assert d["Lifecycle"] == "FAILED" and d["Status"]["FailedCount"] == len(HOSTILE)
+    assert "report.csv" in d["FailureDetails"]["Message"]
+
+
+def test_one_task_at_a_time_and_bad_paths(moto, tmp_path):
+    c, bucket = moto.client(), moto.new_bucket()
+    _put(c, bucket, "p/f", b"1")
+    dst, state = tmp_path / "dst", str(tmp_path / "state")
+    dst.mkdir()
+    r = run_import(moto, ["--fs-root", str(dst), "--repository", f"s3://{bucket}/p/", "--state-dir", state,
+                          f"s3://{bucket}/elsewhere/x"])
+    assert r.returncode == 2, r.stderr
+    r = run_import(moto, ["--fs-root", str(dst), "--repository", f"s3://{bucket}/p/", "--state-dir", state,
+                          f"s3://{bucket}/p/missing"])
+    assert r.returncode == 2 and "holds no objects" in r.stderr, r.stderr
+    r = run_import(moto, ["--fs-root", str(dst), "--repository", f"s3://{bucket}/p/", "--state-dir", state,
+                          f"s3://{bucket}/p/f"])
+    assert r.returncode == 0, r.stderr
+    assert (dst / "f").read_bytes() == b"1"
+    out = subprocess.run([sys.executable, "-m", "pfsxport", "task", "describe", "--state-dir", state],
+                         capture_output=True, text=True, check=True).stdout
+    types = {t["Type"] for t in json.loads(io.StringIO(out).read())["DataRepositoryTasks"]}
+    assert types == {"IMPORT_METADATA_FROM_REPOSITORY"}
