@@ -190,3 +190,31 @@ def test_one_task_at_a_time_and_bad_paths(moto, tmp_path):
                          capture_output=True, text=True, check=True).stdout
     types = {t["Type"] for t in json.loads(io.StringIO(out).read())["DataRepositoryTasks"]}
     assert types == {"IMPORT_METADATA_FROM_REPOSITORY"}
+
+
+@pytest.mark.timeout(300)
+def test_sigterm_cancels_the_import(moto, tmp_path):
+    import signal
+    import time
+
+    c, bucket = moto.client(), moto.new_bucket()
+    for i in range(400):
+        _put(c, bucket, f"p/d{i % 4}/f{i:04d}", b"x" * 100)
+    dst, state = tmp_path / "dst", str(tmp_path / "state")
+    dst.mkdir()
+    env = {**os.environ, **moto.env()}
+    proc = subprocess.Popen([sys.executable, "-m", "pfsxport", "import", "--fs-root", str(dst), "--repository",
+                             f"s3://{bucket}/p/", "--state-dir", state, "--concurrency", "1"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while sum(len(fs) for _, _, fs in os.walk(dst)) < 20 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 4, err[-3000:]
+    task = out.split()[0]
+    d = describe(task, state)
+    assert d["Lifecycle"] == "CANCELED" and d["Type"] == "IMPORT_METADATA_FROM_REPOSITORY"
+    files = [f for _, _, fs in os.walk(dst) for f in fs]
+    assert 20 <= len(files) < 400 and not any(f.startswith(".pfsxport-tmp-") for f in files)
+    assert d["Status"]["SucceededCount"] == len(files)
