@@ -92,6 +92,7 @@ class Importer:
         self.canceled = False
         self.bytes = 0
         self.dirs: dict[str, _Dir] = {}
+        self.touched: set[str] = set()  # directories files were written into ("" the target itself)
         self.pool = ThreadPoolExecutor(opts.concurrency, thread_name_prefix=f"pfsxport-get{rank}")
         self.ranges = ThreadPoolExecutor(opts.ranges_in_flight, thread_name_prefix=f"pfsxport-range{rank}")
         self._slots = threading.Semaphore(opts.concurrency * 2)  # queued + in flight: memory stays bounded
@@ -151,6 +152,7 @@ class Importer:
             self._row(where.path, EntryKind.FILE, obj.size, RowStatus.FAILED, ErrorCode.S3_OBJECT_TYPE_MISMATCH,
                       f"the repository holds both the object {obj.key!r} and objects under {obj.key + '/'!r}")
             return
+        self.touched.add(where.path.rpartition("/")[0])
         self._slots.acquire()
         fut = self.pool.submit(self._object, obj, where.path)
         with self._lock:
@@ -183,6 +185,31 @@ class Importer:
 
     def close(self) -> None:
         os.close(self.root_fd)
+
+    def sweep(self, paths) -> int:
+        """Remove the temporary files (TMP_PREFIX) that a job killed mid-file left in these
+        directories; call it only when no rank writes there any more. Returns how many."""
+        removed = 0
+        for path in paths:
+            try:
+                if path:
+                    with self._parent(path) as (fd, name):
+                        dfd = self._open_dir(fd, name, path, create=False)
+                else:
+                    dfd = os.dup(self.root_fd)
+            except (_Refused, OSError):
+                continue
+            try:
+                for name in os.listdir(dfd):
+                    if name.startswith(TMP_PREFIX):
+                        try:
+                            os.unlink(name, dir_fd=dfd)
+                            removed += 1
+                        except OSError:
+                            pass
+            finally:
+                os.close(dfd)
+        return removed
 
     # ---- safe paths ------------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from .config import ExportConfig
 from .errors import ExitCode, InputError, StateError, StoreError, TaskError
 from .fetch import FetchOptions, Importer
 from .halt import SignalWatch
+from .importrules import key_path
 from .job import _attrs, _end, _exit_code, _Shard, _store, _upload_report
 from .lifecycle import TaskLifecycle, end_state
 from .metadata import S3Url, printable
@@ -267,16 +268,19 @@ def run_import(world, cfg: ExportConfig, opts: FetchOptions, watch: SignalWatch 
     store = _store(cfg, cfg.repository)
     importer = Importer(cfg.fs_root, cfg.repository, store, opts, world.rank, rows, stopping)
     fault = None
+    tops = {key_path(p[len(cfg.repository.prefix):]).path for p in setup.subtrees}  # shared by the ranks
     try:
         _share(world, store, importer, setup, None)
         importer.finish()
+        importer.sweep(importer.touched - tops)  # this rank's own subtrees: nobody else writes there
     except StateError as e:
         fault = e
-    finally:
-        importer.close()
     tally.bytes_sent = importer.bytes
     lost = shard.finish(_store(cfg, cfg.report_path), cfg.report_path, setup.task_id)
     ends = world.allgather((tally, importer.canceled, fault or shard.fault, lost))
+    if world.rank == 0:
+        importer.sweep(tops)  # every rank is done writing
+    importer.close()
     code = None
     if world.rank == 0:
         monitor.done.set()

@@ -218,3 +218,64 @@ def test_sigterm_cancels_the_import(moto, tmp_path):
     files = [f for _, _, fs in os.walk(dst) for f in fs]
     assert 20 <= len(files) < 400 and not any(f.startswith(".pfsxport-tmp-") for f in files)
     assert d["Status"]["SucceededCount"] == len(files)
+
+
+@pytest.mark.timeout(400)
+def test_kill_9_then_a_rerun_with_another_rank_count(seaweed, tmp_path):
+    """A job killed mid-import leaves no torn file under a final name; the next run (2 ranks)
+    finishes the tree and removes the temporary files the dead one left."""
+    import signal
+    import time
+
+    c, bucket = seaweed.client(), seaweed.new_bucket()
+    want = {}
+    for i in range(300):
+        key = f"d{i % 3}/f{i:04d}"
+        want[key] = bytes([i % 251]) * (1000 + i)
+        _put(c, bucket, "p/" + key, want[key], **{"file-permissions": "0100644"})
+    for i in range(3):
+        key = f"d{i}/big"
+        want[key] = os.urandom(12 << 20)
+        _put(c, bucket, "p/" + key, want[key])
+    dst, state = tmp_path / "dst", str(tmp_path / "state")
+    dst.mkdir()
+    env = {**os.environ, **seaweed.env()}
+    proc = subprocess.Popen([sys.executable, "-m", "pfsxport", "import", "--fs-root", str(dst), "--repository",
+                             f"s3://{bucket}/p/", "--state-dir", state, "--concurrency", "2", "--part-size", "5MiB"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while sum(len(fs) for _, _, fs in os.walk(dst)) < 30 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    for dirpath, _, names in os.walk(dst):  # whatever has its final name is whole
+        for n in names:
+            if not n.startswith(".pfsxport-tmp-"):
+                rel = os.path.relpath(os.path.join(dirpath, n), dst)
+                assert (dst / rel).read_bytes() == want[rel], rel
+    r = run_import(seaweed, ["--fs-root", str(dst), "--repository", f"s3://{bucket}/p/", "--state-dir", state,
+                             "--part-size", "5MiB"], ranks=2)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = {}
+    for dirpath, _, names in os.walk(dst):
+        for n in names:
+            rel = os.path.relpath(os.path.join(dirpath, n), dst)
+            got[rel] = (dst / rel).read_bytes()
+    assert got.keys() == want.keys() and got == want
+
+
+def test_metadata_only_on_a_plain_tree(moto, tmp_path):
+    c, bucket = moto.client(), moto.new_bucket()
+    _put(c, bucket, "p/f", b"data" * 100, **{"file-permissions": "0100600", "file-mtime": "1234ns"})
+    _put(c, bucket, "p/d/", **{"file-permissions": "0040700"})
+    _put(c, bucket, "p/d/l", b"../f", **{"file-permissions": "0120777"})
+    dst, state = tmp_path / "dst", str(tmp_path / "state")
+    dst.mkdir()
+    r = run_import(moto, ["--fs-root", str(dst), "--repository", f"s3://{bucket}/p/", "--state-dir", state,
+                          "--metadata-only"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    st = os.lstat(dst / "f")
+    assert (st.st_size, stat.S_IMODE(st.st_mode), st.st_mtime_ns) == (0, 0o600, 1234)
+    assert stat.S_IMODE(os.lstat(dst / "d").st_mode) == 0o700 and os.readlink(dst / "d" / "l") == "../f"
+    rows = {row[0]: row for row in report(state, task_of(r), "entries.csv")[1:]}
+    assert (rows["f"][2], rows["f"][5]) == ("400", "0")  # the object's size, no byte received

@@ -189,3 +189,17 @@ def test_directories_get_their_times_after_their_children(tmp_path):
     assert (stat.S_IMODE(d.st_mode), d.st_mtime_ns, stat.S_IMODE(e.st_mode), e.st_mtime_ns) == \
         (0o500, 1000, 0o700, 2000)
     assert not any(n.startswith(TMP_PREFIX) for n in os.listdir(tmp_path / "d" / "e"))
+
+
+def test_sweep_removes_what_a_killed_job_left(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / f"{TMP_PREFIX}0-7-deadbeef").write_bytes(b"half")
+    (tmp_path / f"{TMP_PREFIX}1-3-cafecafe").write_bytes(b"half")
+    store = FakeStore()
+    imp, _ = _importer(tmp_path, store)
+    imp.take(store.put("d/f", b"x"))
+    imp.finish()
+    assert imp.touched == {"d"}
+    assert imp.sweep(imp.touched) == 1 and imp.sweep([""]) == 1
+    imp.close()
+    assert sorted(os.listdir(tmp_path)) == ["d"] and os.listdir(tmp_path / "d") == ["f"]
