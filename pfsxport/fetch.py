@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from .errors import ErrorCode, StoreError
+from .importmanifest import ImportManifest, Written
 from .importrules import KeyRefused, ObjectMeta, key_path, owner_applies, parse_metadata
 from .metadata import S3Url, one_line
 from .model import EntryKind, ReportRow, RowStatus
@@ -70,6 +71,8 @@ class _Dir:
     key: str
     mtime_ns: int  # the marker's LastModified, for times it does not give
     existed: bool = False  # it was in the target before this import
+    etag: str = ""
+    cached: Written | None = None  # the same marker as the last import's: its metadata without a request
 
 
 def _oserror(e: OSError, what: str) -> _Refused:
@@ -83,12 +86,15 @@ class Importer:
     (called from worker threads, under a lock)."""
 
     def __init__(self, fs_root: str, repository: S3Url, store: S3Store, opts: FetchOptions, rank: int,
-                 rows: Callable[[list[ReportRow]], None], stopping: Callable[[], bool] = lambda: False):
+                 rows: Callable[[list[ReportRow]], None], stopping: Callable[[], bool] = lambda: False,
+                 manifest: ImportManifest | None = None):
         self.repository, self.store, self.opts, self.rank = repository, store, opts, rank
         self.root_fd = os.open(fs_root, _DIR_FLAGS)
         self.owner = owner_applies(os.geteuid())
         self._rows, self._lock = rows, threading.Lock()
         self.stopping = stopping
+        self.manifest = manifest
+        self.unchanged = 0  # entries identical to what the last import wrote: not fetched, no row
         self.canceled = False
         self.bytes = 0
         self.dirs: dict[str, _Dir] = {}
@@ -146,7 +152,9 @@ class Importer:
                 err = e if isinstance(e, _Refused) else _oserror(e, f"cannot create the directory {where.path}")
                 self._row(where.path, EntryKind.DIRECTORY, 0, RowStatus.FAILED, err.code, str(err))
                 return
-            self.dirs[where.path] = _Dir(where.path, obj.key, obj.mtime_ns, existed)
+            w = self.manifest.entries.get(where.path) if self.manifest else None
+            cached = w if w is not None and w.kind == "directory" and w.etag == obj.etag and existed else None
+            self.dirs[where.path] = _Dir(where.path, obj.key, obj.mtime_ns, existed, obj.etag, cached)
             return
         if shadowed:
             self._row(where.path, EntryKind.FILE, obj.size, RowStatus.FAILED, ErrorCode.S3_OBJECT_TYPE_MISMATCH,
@@ -177,9 +185,9 @@ class Importer:
             for f in pending:
                 f.exception()
         if not self.canceled:
-            heads = {p: self.pool.submit(self._head, d) for p, d in self.dirs.items()}
+            heads = {p: self.pool.submit(self._head, d) for p, d in self.dirs.items() if d.cached is None}
             for path in sorted(self.dirs, key=lambda p: (-p.count("/"), p)):
-                self._dir_metadata(self.dirs[path], heads[path].result())
+                self._dir_metadata(self.dirs[path], heads[path].result() if path in heads else None)
         self.pool.shutdown()
         self.ranges.shutdown()
 
@@ -283,6 +291,10 @@ class Importer:
         kind: EntryKind | str = EntryKind.FILE
         retries = 0
         try:
+            if self._unchanged(obj, path):
+                with self._lock:
+                    self.unchanged += 1
+                return
             for attempt in range(self.opts.attempts):
                 try:
                     kind, size, got = self._fetch(obj, path)
@@ -330,6 +342,7 @@ class Importer:
                         raise _Refused(ErrorCode.S3_OBJECT_TYPE_MISMATCH,
                                        f"{path} is a directory in the target and a file in the repository") from None
                     raise _oserror(e, f"cannot rename into {path}") from None
+                self._record(path, obj, kind, fd, name)
                 return kind, size, got
             except BaseException:
                 try:
@@ -451,6 +464,45 @@ class Importer:
 
     # ---- directories -----------------------------------------------------------------------
 
+    def _record(self, path: str, obj: Listed, kind: EntryKind, fd: int, name: str) -> None:
+        """The manifest's line for an entry just written (the listing's ETag: an object replaced
+        since is fetched again by the next run either way)."""
+        if self.manifest is None:
+            return
+        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        data = not self.opts.metadata_only or kind is not EntryKind.FILE
+        self.manifest.add(Written(path, obj.etag, obj.size, kind.value, stat.S_IMODE(st.st_mode), st.st_uid,
+                                  st.st_gid, st.st_mtime_ns, st.st_atime_ns, data))
+
+    def _lstat(self, path: str) -> os.stat_result | None:
+        """lstat of `path` in the target, its parents opened as _parent does, none created."""
+        parts = path.split("/")
+        fd = os.dup(self.root_fd)
+        try:
+            for name in parts[:-1]:
+                nxt = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = nxt
+            return os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+
+    def _unchanged(self, obj: Listed, path: str) -> bool:
+        """The entry is what the last import wrote from this very object, and still is on disk."""
+        w = self.manifest.entries.get(path) if self.manifest else None
+        if w is None or w.etag != obj.etag or w.size != obj.size or w.kind == "directory":
+            return False
+        if not w.data and not self.opts.metadata_only:
+            return False  # --metadata-only left it empty: a full import brings the data
+        st = self._lstat(path)
+        if st is None or EntryKind.of_mode(st.st_mode).value != w.kind:
+            return False
+        size_ok = w.kind != "file" or st.st_size == (w.size if w.data else 0)
+        return size_ok and (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns) == \
+            (w.mode, w.uid, w.gid, w.mtime_ns)
+
     def _head(self, d: _Dir):
         try:
             return self.store.head_object(d.key)
@@ -466,12 +518,15 @@ class Importer:
             self._row(d.path, EntryKind.DIRECTORY, 0, RowStatus.SKIPPED, message="kept: already in the target "
                       "(--no-overwrite)")
             return
+        w = d.cached
         try:
-            meta = parse_metadata(True, head.get("Metadata") or {})
+            meta = parse_metadata(True, head.get("Metadata") or {}) if w is None else \
+                ObjectMeta(EntryKind.DIRECTORY, w.mode, w.uid, w.gid, w.atime_ns, w.mtime_ns)
             with self._parent(d.path) as (fd, name):
                 dfd = self._open_dir(fd, name, d.path, create=False)
                 try:
                     self._settle(dfd, meta, d.mtime_ns)
+                    st = os.fstat(dfd)
                 finally:
                     os.close(dfd)
         except (_Refused, KeyRefused) as e:
@@ -481,6 +536,13 @@ class Importer:
             self._row(d.path, EntryKind.DIRECTORY, 0, RowStatus.FAILED, ErrorCode.LOCAL_WRITE_ERROR,
                       "the directory was removed during the import", started=started)
             return
+        if w is not None:  # the same marker as last time: its metadata set again (its children may have moved
+            with self._lock:  # its mtime), no row
+                self.unchanged += 1
+            return
+        if self.manifest is not None:
+            self.manifest.add(Written(d.path, d.etag, 0, "directory", stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
+                                      st.st_mtime_ns, st.st_atime_ns))
         self._row(d.path, EntryKind.DIRECTORY, 0, RowStatus.SUCCEEDED, started=started)
 
 

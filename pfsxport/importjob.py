@@ -26,6 +26,7 @@ from .config import ExportConfig
 from .errors import ExitCode, InputError, StateError, StoreError, TaskError
 from .fetch import FetchOptions, Importer
 from .halt import SignalWatch
+from .importmanifest import ImportManifest, manifest_dir
 from .importrules import key_path
 from .job import _attrs, _end, _exit_code, _Shard, _store, _upload_report
 from .lifecycle import TaskLifecycle, end_state
@@ -266,8 +267,14 @@ def run_import(world, cfg: ExportConfig, opts: FetchOptions, watch: SignalWatch 
             tally.rows(batch)
             shard.add(batch)
     store = _store(cfg, cfg.repository)
-    importer = Importer(cfg.fs_root, cfg.repository, store, opts, world.rank, rows, stopping)
     fault = None
+    manifest = ImportManifest(manifest_dir(cfg.state_dir, cfg.file_system_id, str(cfg.repository)))
+    try:
+        manifest.load().open(setup.task_id, world.rank)
+    except StateError as e:
+        log.error("%s", e)
+        manifest, fault = None, e
+    importer = Importer(cfg.fs_root, cfg.repository, store, opts, world.rank, rows, stopping, manifest)
     tops = {key_path(p[len(cfg.repository.prefix):]).path for p in setup.subtrees}  # shared by the ranks
     try:
         _share(world, store, importer, setup, None)
@@ -275,11 +282,18 @@ def run_import(world, cfg: ExportConfig, opts: FetchOptions, watch: SignalWatch 
         importer.sweep(importer.touched - tops)  # this rank's own subtrees: nobody else writes there
     except StateError as e:
         fault = e
-    tally.bytes_sent = importer.bytes
+    tally.bytes_sent, tally.unchanged = importer.bytes, importer.unchanged
+    if manifest is not None:
+        manifest.close()
     lost = shard.finish(_store(cfg, cfg.report_path), cfg.report_path, setup.task_id)
     ends = world.allgather((tally, importer.canceled, fault or shard.fault, lost))
     if world.rank == 0:
         importer.sweep(tops)  # every rank is done writing
+        if manifest is not None and not any(f for _, _, f, _ in ends):
+            try:
+                manifest.compact()
+            except StateError as e:
+                log.error("the import manifest could not be compacted (the next run reads its parts): %s", e)
     importer.close()
     code = None
     if world.rank == 0:
@@ -317,8 +331,9 @@ def _finish(cfg: ExportConfig, state: StateDir, rec: TaskRecord, ends: list) -> 
         rec.fail(f"the completion report could not be written to {cfg.report_path}/{rec.task_id}/ ({lost})")
         code = ExitCode.STORE_UNREACHABLE
     state.write_last(rec)
-    log.info("task %s %s: %d succeeded, %d failed, %d skipped, %d bytes received; report %s", rec.task_id,
-             rec.lifecycle.value, total.succeeded, total.failed, total.skipped, total.bytes_sent,
+    log.info("task %s %s: %d succeeded, %d failed, %d skipped, %d unchanged, %d bytes received; report %s",
+             rec.task_id, rec.lifecycle.value, total.succeeded, total.failed, total.skipped, total.unchanged,
+             total.bytes_sent,
              printable(report_at))
     if fault is not None:
         return ExitCode.STATE_UNUSABLE

@@ -279,3 +279,34 @@ def test_metadata_only_on_a_plain_tree(moto, tmp_path):
     assert stat.S_IMODE(os.lstat(dst / "d").st_mode) == 0o700 and os.readlink(dst / "d" / "l") == "../f"
     rows = {row[0]: row for row in report(state, task_of(r), "entries.csv")[1:]}
     assert (rows["f"][2], rows["f"][5]) == ("400", "0")  # the object's size, no byte received
+
+
+@pytest.mark.timeout(300)
+def test_a_rerun_skips_what_is_identical(moto, tmp_path):
+    """The second import lists the bucket and fetches nothing; an object replaced in the bucket
+    and a file changed on disk are fetched again, and only those (with another rank count)."""
+    c, bucket = moto.client(), moto.new_bucket()
+    for i in range(40):
+        _put(c, bucket, f"p/d{i % 4}/f{i:02d}", b"v1" * i, **{"file-permissions": "0100644",
+                                                               "file-mtime": f"{1000 + i}ns"})
+    _put(c, bucket, "p/d0/", **{"file-permissions": "0040750", "file-mtime": "5000ns"})
+    dst, state = tmp_path / "dst", str(tmp_path / "state")
+    dst.mkdir()
+    args = ["--fs-root", str(dst), "--repository", f"s3://{bucket}/p/", "--state-dir", state]
+    r = run_import(moto, args, ranks=1)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert describe(task_of(r), state)["Status"]["SucceededCount"] == 41
+    r = run_import(moto, args, ranks=2)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "41 unchanged, 0 bytes received" in r.stderr
+    assert len(report(state, task_of(r), "entries.csv")) == 1  # the header: no entry written
+    _put(c, bucket, "p/d1/f05", b"v2", **{"file-permissions": "0100644"})
+    os.chmod(dst / "d2" / "f06", 0o600)
+    os.utime(dst / "d0", ns=(1, 1))
+    r = run_import(moto, args, ranks=2)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = sorted(row[0] for row in report(state, task_of(r), "entries.csv")[1:])
+    assert rows == ["d1/f05", "d2/f06"]
+    assert (dst / "d1" / "f05").read_bytes() == b"v2"
+    assert stat.S_IMODE(os.lstat(dst / "d2" / "f06").st_mode) == 0o644
+    assert os.lstat(dst / "d0").st_mtime_ns == 5000  # a directory's metadata is set again every run
