@@ -175,19 +175,31 @@ class Importer:
         if exc is not None:  # a bug: the entry is reported, the task goes on
             log.error("import of an object crashed: %r", exc)
 
-    def finish(self) -> None:
-        """Wait for the objects in flight, then set the directories' metadata, deepest first."""
+    def drain(self) -> None:
+        """Wait for the objects in flight."""
         while True:
             with self._lock:
                 pending = list(self._futures)
             if not pending:
-                break
+                return
             for f in pending:
                 f.exception()
+
+    def settle_dirs(self) -> None:
+        """The directories' owner, mode and times, deepest first; only once no rank writes into
+        them any more (setting a directory's never moves another directory's times)."""
         if not self.canceled:
             heads = {p: self.pool.submit(self._head, d) for p, d in self.dirs.items() if d.cached is None}
             for path in sorted(self.dirs, key=lambda p: (-p.count("/"), p)):
                 self._dir_metadata(self.dirs[path], heads[path].result() if path in heads else None)
+
+    def finish(self) -> None:
+        """One rank alone: wait for the objects in flight, then set the directories' metadata."""
+        self.drain()
+        self.settle_dirs()
+        self.shutdown()
+
+    def shutdown(self) -> None:
         self.pool.shutdown()
         self.ranges.shutdown()
 

@@ -3,13 +3,11 @@ fetch -> report.
 
 `run_import` is collective (every rank calls it). Rank 0 records the task (the one task per
 file system rule of state.create holds for imports and exports together), checks the target,
-the paths and the repository. Then every rank lists the top level of each task path (the same
-pages on every rank, so no message is needed) and takes every `size`-th item of it, counted
-over the pages: a top-level object, or a common prefix whose whole subtree that rank lists and
-fetches alone (fetch.Importer). This deterministic split of the top-level prefixes is a first
-slice: one huge prefix is still listed by one rank; sharing sub-prefixes dynamically (as the
-export's work stealing does) is the next step. A subtree on one rank is what lets a directory
-get its times after all of its children.
+the paths and the repository. The key space is then listed by every rank at once through a
+shared queue (parallel.share_queue): a rank that takes a prefix lists it with the delimiter,
+puts its common prefixes back in the queue at once, and its pages of objects after the first,
+so one huge prefix is listed by one rank but fetched by all, and a deep tree is listed by all.
+Every rank's files are written before any directory gets its metadata (a barrier between).
 
 The report: for an import task, `report.csv` is FSx's import report (R-2: FilePath,FileStatus,
 ErrorCode, the failures.csv format); the per-entry CSV is `entries.csv`; `report.h5` as for export.
@@ -27,10 +25,10 @@ from .errors import ExitCode, InputError, StateError, StoreError, TaskError
 from .fetch import FetchOptions, Importer
 from .halt import SignalWatch
 from .importmanifest import ImportManifest, manifest_dir
-from .importrules import key_path
 from .job import _attrs, _end, _exit_code, _Shard, _store, _upload_report
 from .lifecycle import TaskLifecycle, end_state
 from .metadata import S3Url, printable
+from .parallel import share_queue
 from .report import FAILURES, REPORT_CSV, REPORT_H5, ReportWriter, combine
 from .share import Tally
 from .state import IMPORT_TASK_TYPE, StateDir, TaskRecord, new_task_id
@@ -164,57 +162,52 @@ def _shadowed(keys: list[str]) -> set[str]:
     return {k for k in keys if k in parents}
 
 
-def _share(world, store: S3Store, importer: Importer, setup: ImportSetup, prefixes: list[str] | None) -> None:
-    """This rank's share of the key space: every world.size-th top-level item of each subtree;
-    each common prefix among them listed whole (no delimiter) by this rank."""
-    item = 0
-    for prefix in setup.subtrees:
-        token = None
-        while True:
+def _items(setup: ImportSetup) -> list:
+    return [("prefix", p) for p in setup.subtrees] + [("exact", k) for k in setup.exact]
+
+
+def _handler(world, store: S3Store, importer: Importer):
+    """How a rank runs one item of the shared queue (parallel.share_queue): a prefix is listed
+    with the delimiter, its common prefixes go back to the queue at once (any rank lists them)
+    and so do its pages of objects after the first (any rank fetches them); a batch is fetched;
+    an exact key is fetched if it is an object."""
+    def handle(item, push) -> None:
+        what, arg = item
+        if importer.check_stop():
+            return
+        if what == "batch":
+            for obj, shadowed in arg:
+                importer.take(obj, shadowed)
+            return
+        if what == "exact":
             try:
-                page = store.list_page(prefix, "/", token)
+                objects = store.list_page(arg, "/").objects
             except StoreError as e:
-                if world.rank == 0:
-                    importer.fail_listing(prefix, e)
-                break
-            shadows = {p[:-1] for p in page.prefixes}
-            for obj in page.objects:
-                if item % world.size == world.rank:
-                    importer.take(obj, shadowed=obj.key in shadows)
-                item += 1
-            for sub in page.prefixes:
-                if item % world.size == world.rank:
-                    _subtree(store, importer, sub)
-                item += 1
-            token = page.next_token
-            if token is None or importer.check_stop():
-                break
-    if world.rank == 0:
-        for key in setup.exact:
-            try:
-                objects = store.list_page(key, "/").objects
-            except StoreError as e:
-                importer.fail_listing(key, e)
-                continue
+                importer.fail_listing(arg, e)
+                return
             for obj in objects:
-                if obj.key == key:
+                if obj.key == arg:
                     importer.take(obj)
-
-
-def _subtree(store: S3Store, importer: Importer, prefix: str) -> None:
-    token = None
-    while not importer.check_stop():
-        try:
-            page = store.list_page(prefix, "", token)
-        except StoreError as e:
-            importer.fail_listing(prefix, e)
             return
-        shadows = _shadowed([o.key for o in page.objects])
-        for obj in page.objects:
-            importer.take(obj, shadowed=obj.key in shadows)
-        token = page.next_token
-        if token is None:
-            return
+        token, first = None, True
+        while not importer.check_stop():
+            try:
+                page = store.list_page(arg, "/", token)
+            except StoreError as e:
+                importer.fail_listing(arg, e)
+                return
+            push([("prefix", p) for p in page.prefixes])
+            shadows = {p[:-1] for p in page.prefixes}
+            batch = [(o, o.key in shadows) for o in page.objects]
+            if first or world.size == 1:
+                for obj, shadowed in batch:
+                    importer.take(obj, shadowed)
+            else:
+                push([("batch", batch)])
+            first, token = False, page.next_token
+            if token is None:
+                return
+    return handle
 
 
 class _Watch(threading.Thread):
@@ -275,20 +268,24 @@ def run_import(world, cfg: ExportConfig, opts: FetchOptions, watch: SignalWatch 
         log.error("%s", e)
         manifest, fault = None, e
     importer = Importer(cfg.fs_root, cfg.repository, store, opts, world.rank, rows, stopping, manifest)
-    tops = {key_path(p[len(cfg.repository.prefix):]).path for p in setup.subtrees}  # shared by the ranks
     try:
-        _share(world, store, importer, setup, None)
-        importer.finish()
-        importer.sweep(importer.touched - tops)  # this rank's own subtrees: nobody else writes there
+        share_queue(world, _items(setup) if world.rank == 0 else [], _handler(world, store, importer))
+        importer.drain()
     except StateError as e:
         fault = e
+    world.barrier()  # every rank's files are written: the directories' metadata can be set
+    try:
+        importer.settle_dirs()
+    except StateError as e:
+        fault = fault or e
+    importer.shutdown()
     tally.bytes_sent, tally.unchanged = importer.bytes, importer.unchanged
     if manifest is not None:
         manifest.close()
     lost = shard.finish(_store(cfg, cfg.report_path), cfg.report_path, setup.task_id)
     ends = world.allgather((tally, importer.canceled, fault or shard.fault, lost))
+    importer.sweep(importer.touched)  # every rank is done writing
     if world.rank == 0:
-        importer.sweep(tops)  # every rank is done writing
         if manifest is not None and not any(f for _, _, f, _ in ends):
             try:
                 manifest.compact()

@@ -89,6 +89,7 @@ def test_round_trip_of_the_hard_tree(server, tmp_path, ranks):
     assert report(state, task, "report.csv") == []  # FSx's import report: the failures, none here
     entries = report(state, task, "entries.csv")
     assert entries[0][:4] == ["path", "type", "size", "status"] and len(entries) == 1 + len(keys)
+    assert {row[entries[0].index("rank")] for row in entries[1:]} == {str(r) for r in range(ranks)}
     remote = list_keys(server.client(), bucket, f"pfsxport-reports/{task}/")
     assert {f"pfsxport-reports/{task}/report.csv", f"pfsxport-reports/{task}/entries.csv"} <= set(remote)
     sparse = os.path.join(dst, "big", "several-parts")  # the modes tree's files exist; spot-check a big one
@@ -262,6 +263,22 @@ def test_kill_9_then_a_rerun_with_another_rank_count(seaweed, tmp_path):
             rel = os.path.relpath(os.path.join(dirpath, n), dst)
             got[rel] = (dst / rel).read_bytes()
     assert got.keys() == want.keys() and got == want
+
+
+@pytest.mark.timeout(300)
+def test_one_huge_directory_is_fetched_by_every_rank(seaweed, tmp_path):
+    c, bucket = seaweed.client(), seaweed.new_bucket()
+    for i in range(2500):  # three listing pages
+        _put(c, bucket, f"p/flat/f{i:05d}", b"%d" % i)
+    dst, state = tmp_path / "dst", str(tmp_path / "state")
+    dst.mkdir()
+    r = run_import(seaweed, ["--fs-root", str(dst), "--repository", f"s3://{bucket}/p/", "--state-dir", state],
+                   ranks=2)
+    assert r.returncode == 0, r.stderr[-3000:]
+    entries = report(state, task_of(r), "entries.csv")
+    ranks = [row[entries[0].index("rank")] for row in entries[1:]]
+    assert len(ranks) == 2500 and set(ranks) == {"0", "1"}
+    assert len(os.listdir(dst / "flat")) == 2500 and (dst / "flat" / "f01234").read_bytes() == b"1234"
 
 
 def test_metadata_only_on_a_plain_tree(moto, tmp_path):
