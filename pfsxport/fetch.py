@@ -415,9 +415,12 @@ class Importer:
             if data.count(0) == len(data):
                 return  # the file was sized first: this range reads as zeros already
             view = memoryview(data)
-            while view:
-                n = os.pwrite(out, view, offset)
-                view, offset = view[n:], offset + n
+            try:
+                while view:
+                    n = os.pwrite(out, view, offset)
+                    view, offset = view[n:], offset + n
+            except OSError as e:  # not an OSError, which the store's retry loop takes for the network's
+                raise _oserror(e, "cannot write the file") from None
         return write
 
     def _rest(self, key: str, out: int, etag: str, start: int, size: int) -> None:

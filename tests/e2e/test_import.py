@@ -142,7 +142,7 @@ HOSTILE = {
 }
 
 
-@pytest.mark.parametrize("ranks", [1, 2])
+@pytest.mark.parametrize("ranks", [1, 2, 4])
 def test_hostile_keys_are_refused_and_nothing_lands_outside(moto, tmp_path, ranks):
     c, bucket = moto.client(), moto.new_bucket()
     for key in HOSTILE:
@@ -327,3 +327,19 @@ def test_a_rerun_skips_what_is_identical(moto, tmp_path):
     assert (dst / "d1" / "f05").read_bytes() == b"v2"
     assert stat.S_IMODE(os.lstat(dst / "d2" / "f06").st_mode) == 0o644
     assert os.lstat(dst / "d0").st_mtime_ns == 5000  # a directory's metadata is set again every run
+
+
+def test_a_full_target_fails_the_files_that_do_not_fit(moto, tmp_path):
+    from test_faults import tmpfs
+
+    c, bucket = moto.client(), moto.new_bucket()
+    _put(c, bucket, "p/small", b"fits\n")
+    _put(c, bucket, "p/d/huge", os.urandom(3 << 20))
+    state = str(tmp_path / "state")
+    with tmpfs(tmp_path / "small-fs", "2m") as dst:
+        r = run_import(moto, ["--fs-root", dst, "--repository", f"s3://{bucket}/p/", "--state-dir", state])
+        assert r.returncode == FILES_FAILED, r.stderr[-3000:]
+        rows = {row[0]: (row[1], row[2]) for row in report(state, task_of(r), "report.csv")}
+        assert rows == {"d/huge": ("failed", "NoDiskSpace")}
+        assert open(os.path.join(dst, "small"), "rb").read() == b"fits\n"
+        assert os.listdir(os.path.join(dst, "d")) == []  # no temporary file left, no torn file
