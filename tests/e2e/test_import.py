@@ -343,3 +343,34 @@ def test_a_full_target_fails_the_files_that_do_not_fit(moto, tmp_path):
         assert rows == {"d/huge": ("failed", "NoDiskSpace")}
         assert open(os.path.join(dst, "small"), "rb").read() == b"fits\n"
         assert os.listdir(os.path.join(dst, "d")) == []  # no temporary file left, no torn file
+
+
+@pytest.mark.timeout(300)
+def test_an_object_overwritten_during_its_download(server, tmp_path):
+    """The file ends as one whole version of the object, never a mix of two; a change seen
+    mid-download (If-Match, or the ranges' ETag) fetches it again."""
+    import threading
+    import time
+
+    c, bucket = server.client(), server.new_bucket()
+    v1, v2 = b"1" * (60 << 20), b"2" * 1000  # the second one goes up fast
+    _put(c, bucket, "p/big", v1)
+    dst, state = tmp_path / "dst", str(tmp_path / "state")
+    dst.mkdir()
+
+    def overwrite():
+        deadline = time.monotonic() + 60
+        while not any(n.startswith(".pfsxport-tmp-") for n in os.listdir(dst)) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        _put(c, bucket, "p/big", v2)
+    t = threading.Thread(target=overwrite)
+    t.start()
+    r = run_import(server, ["--fs-root", str(dst), "--repository", f"s3://{bucket}/p/", "--state-dir", state,
+                            "--part-size", "5MiB", "--parts-in-flight", "1"])
+    t.join()
+    assert r.returncode == 0, r.stderr[-3000:]
+    body = (dst / "big").read_bytes()
+    assert body in (v1, v2)
+    row = report(state, task_of(r), "entries.csv")[1]
+    if "changed while it was fetched" in r.stderr:
+        assert body == v2 and int(row[8]) >= 1  # retries
