@@ -374,3 +374,36 @@ def test_an_object_overwritten_during_its_download(server, tmp_path):
     row = report(state, task_of(r), "entries.csv")[1]
     if "changed while it was fetched" in r.stderr:
         assert body == v2 and int(row[8]) >= 1  # retries
+
+
+def test_not_root_keeps_the_importing_user_as_owner(moto, tmp_path):
+    """Owner and group are restored only by root: run as another user, every entry is that
+    user's (and its group's), with the modes and times of the repository."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to run the import as another user")
+    c, bucket = moto.client(), moto.new_bucket()
+    _put(c, bucket, "p/d/", **{"file-permissions": "0040750", "file-owner": "0", "file-group": "0",
+                               "file-mtime": "7000ns"})
+    _put(c, bucket, "p/d/f", b"x", **{"file-permissions": "0100640", "file-owner": "1234", "file-group": "5678",
+                                      "file-mtime": "9000ns"})
+    import pathlib
+    import tempfile
+
+    top = tempfile.mkdtemp(prefix="pfsxport-nobody-")  # pytest's tmp_path is root's alone (0700)
+    os.chmod(top, 0o755)
+    base = pathlib.Path(top)
+    (base / "dst").mkdir()
+    for p in (base, base / "dst"):
+        os.chown(p, 65534, 65534)
+    cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "pfsxport",
+           "import", "--fs-root", str(base / "dst"), "--repository", f"s3://{bucket}/p/",
+           "--state-dir", str(base / "state")]
+    env = {**os.environ, **moto.env(), "HOME": str(base)}
+    try:
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr[-3000:]
+        for rel, mode, mtime in (("d", 0o750, 7000), ("d/f", 0o640, 9000)):
+            st = os.lstat(base / "dst" / rel)
+            assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode), st.st_mtime_ns) == (65534, 65534, mode, mtime)
+    finally:
+        shutil.rmtree(top)
