@@ -45,6 +45,7 @@ IMPORT_FLAGS = {
     "addressing_style": "s3.addressing_style", "sign_payload": "s3.sign_payload", "part_size": "transfer.part_size",
     "concurrency": "transfer.concurrency", "parts_in_flight": "transfer.parts_in_flight",
     "file_system_id": "file_system_id", "cancel_grace": "transfer.cancel_grace",
+    "progress": "progress.mode", "progress_interval": "progress.interval",
 }
 
 
@@ -153,6 +154,8 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--parts-in-flight", help="ranged GETs in flight per rank (default 8)")
     i.add_argument("--file-system-id", help="fs-... id to record (default: derived from --fs-root)")
     i.add_argument("--cancel-grace", help="after SIGTERM or SIGINT, seconds objects in flight get to finish")
+    i.add_argument("--progress", choices=["auto", "log", "off"], help="progress lines in the log (default auto: on)")
+    i.add_argument("--progress-interval", help="seconds between progress lines (default 10)")
     i.add_argument("--metadata-only", action="store_true",
                    help="restore directories, symlinks and each file's owner, mode and times, with files left "
                         "empty (no data is downloaded)")

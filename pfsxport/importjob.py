@@ -214,15 +214,20 @@ class _Watch(threading.Thread):
     """Rank 0: a cancel (signal or `task cancel`) moves the record to CANCELING at once; the
     record's LastUpdatedTime is refreshed every status interval."""
 
-    def __init__(self, state: StateDir, rec: TaskRecord, stopping: _Stopping, interval: float):
+    def __init__(self, state: StateDir, rec: TaskRecord, stopping: _Stopping, interval: float,
+                 progress=None, progress_interval: float = 10.0):
         super().__init__(name="pfsxport-import-watch", daemon=True)
         self.state, self.rec, self.stopping, self.interval = state, rec, stopping, interval
+        self.progress, self.progress_interval = progress, progress_interval  # progress(): a line of text
         self.done = threading.Event()
         self.lock = threading.Lock()
 
     def run(self) -> None:
-        last = time.monotonic()
+        last = shown = time.monotonic()
         while not self.done.wait(0.25):
+            if self.progress is not None and time.monotonic() - shown >= self.progress_interval:
+                shown = time.monotonic()
+                log.info("progress: %s", self.progress())
             with self.lock:
                 try:
                     if self.rec.lifecycle is TaskLifecycle.EXECUTING and self.stopping():
@@ -248,9 +253,6 @@ def run_import(world, cfg: ExportConfig, opts: FetchOptions, watch: SignalWatch 
         return setup.exit_code
     stopping = _Stopping(watch, state, setup.task_id)
     monitor = None
-    if world.rank == 0:
-        monitor = _Watch(state, state.read(setup.task_id), stopping, cfg.status_interval)
-        monitor.start()
     tally = Tally()
     shard = _Shard(state.task_dir(setup.task_id), world.rank)
     lock = threading.Lock()
@@ -268,6 +270,17 @@ def run_import(world, cfg: ExportConfig, opts: FetchOptions, watch: SignalWatch 
         log.error("%s", e)
         manifest, fault = None, e
     importer = Importer(cfg.fs_root, cfg.repository, store, opts, world.rank, rows, stopping, manifest)
+    if world.rank == 0:
+        t0 = time.monotonic()
+
+        def progress() -> str:  # rank 0's own share: the other ranks' counts arrive at the end
+            dt = max(time.monotonic() - t0, 1e-9)
+            return (f"rank 0 of {world.size}: {tally.total} entries written ({tally.failed} failed), "
+                    f"{importer.unchanged} unchanged, {importer.bytes / 1e6:.1f} MB received, "
+                    f"{tally.total / dt:.0f} entries/s, {importer.bytes / dt / 1e6:.1f} MB/s")
+        monitor = _Watch(state, state.read(setup.task_id), stopping, cfg.status_interval,
+                         None if cfg.progress == "off" else progress, cfg.progress_interval)
+        monitor.start()
     try:
         share_queue(world, _items(setup) if world.rank == 0 else [], _handler(world, store, importer))
         importer.drain()

@@ -205,14 +205,17 @@ def test_sigterm_cancels_the_import(moto, tmp_path):
     dst.mkdir()
     env = {**os.environ, **moto.env()}
     proc = subprocess.Popen([sys.executable, "-m", "pfsxport", "import", "--fs-root", str(dst), "--repository",
-                             f"s3://{bucket}/p/", "--state-dir", state, "--concurrency", "1"], env=env,
+                             f"s3://{bucket}/p/", "--state-dir", state, "--concurrency", "1",
+                             "--progress-interval", "0.3"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while sum(len(fs) for _, _, fs in os.walk(dst)) < 20 and time.monotonic() < deadline:
         time.sleep(0.05)
+    time.sleep(0.5)  # a progress line
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 4, err[-3000:]
+    assert "progress: rank 0 of 1: " in err and " entries/s" in err
     task = out.split()[0]
     d = describe(task, state)
     assert d["Lifecycle"] == "CANCELED" and d["Type"] == "IMPORT_METADATA_FROM_REPOSITORY"
@@ -407,3 +410,32 @@ def test_not_root_keeps_the_importing_user_as_owner(moto, tmp_path):
             assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode), st.st_mtime_ns) == (65534, 65534, mode, mtime)
     finally:
         shutil.rmtree(top)
+
+
+@pytest.mark.timeout(300)
+def test_task_cancel_and_one_task_at_a_time(moto, tmp_path):
+    import time
+
+    c, bucket = moto.client(), moto.new_bucket()
+    for i in range(400):
+        _put(c, bucket, f"p/d{i % 4}/f{i:04d}", b"x")
+    dst, state = tmp_path / "dst", str(tmp_path / "state")
+    dst.mkdir()
+    args = ["--fs-root", str(dst), "--repository", f"s3://{bucket}/p/", "--state-dir", state]
+    proc = subprocess.Popen([sys.executable, "-m", "pfsxport", "import", *args, "--concurrency", "1"],
+                            env={**os.environ, **moto.env()}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    task = proc.stdout.readline().strip()
+    assert task.startswith("task-")
+    deadline = time.monotonic() + 60
+    while sum(len(fs) for _, _, fs in os.walk(dst)) < 10 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    other = run_import(moto, args)  # the file system is busy with the first import
+    assert other.returncode == 6 and "DataRepositoryTaskExecuting" in other.stderr, other.stderr
+    r = subprocess.run([sys.executable, "-m", "pfsxport", "task", "cancel", task, "--state-dir", state],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and json.loads(r.stdout)["Lifecycle"] == "CANCELING", r.stderr
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 4, err[-3000:]
+    d = describe(task, state)
+    assert d["Lifecycle"] == "CANCELED" and "EndTime" in d
