@@ -87,13 +87,14 @@ class Importer:
 
     def __init__(self, fs_root: str, repository: S3Url, store: S3Store, opts: FetchOptions, rank: int,
                  rows: Callable[[list[ReportRow]], None], stopping: Callable[[], bool] = lambda: False,
-                 manifest: ImportManifest | None = None):
+                 manifest: ImportManifest | None = None, skip: frozenset[str] = frozenset()):
         self.repository, self.store, self.opts, self.rank = repository, store, opts, rank
         self.root_fd = os.open(fs_root, _DIR_FLAGS)
         self.owner = owner_applies(os.geteuid())
         self._rows, self._lock = rows, threading.Lock()
         self.stopping = stopping
         self.manifest = manifest
+        self.skip = skip  # paths never written (the state directory, when it lies in the target)
         self.unchanged = 0  # entries identical to what the last import wrote: not fetched, no row
         self.canceled = False
         self.bytes = 0
@@ -143,6 +144,10 @@ class Importer:
             return
         if where.path == "":
             return  # the repository prefix's own marker: the target's root is not changed
+        if any(where.path == s or where.path.startswith(s + "/") for s in self.skip):
+            self._row(where.path, "directory" if where.directory else "file", obj.size, RowStatus.SKIPPED,
+                      message="inside the state directory, which an import never writes to")
+            return
         if where.directory:
             try:
                 with self._parent(where.path) as (fd, name):

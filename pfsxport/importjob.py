@@ -25,7 +25,7 @@ from .errors import ExitCode, InputError, StateError, StoreError, TaskError
 from .fetch import FetchOptions, Importer
 from .halt import SignalWatch
 from .importmanifest import ImportManifest, manifest_dir
-from .job import _attrs, _end, _exit_code, _Shard, _store, _upload_report
+from .job import _attrs, _end, _exit_code, _Shard, _skip_set, _store, _upload_report
 from .lifecycle import TaskLifecycle, end_state
 from .metadata import S3Url, printable
 from .parallel import share_queue
@@ -269,7 +269,8 @@ def run_import(world, cfg: ExportConfig, opts: FetchOptions, watch: SignalWatch 
     except StateError as e:
         log.error("%s", e)
         manifest, fault = None, e
-    importer = Importer(cfg.fs_root, cfg.repository, store, opts, world.rank, rows, stopping, manifest)
+    importer = Importer(cfg.fs_root, cfg.repository, store, opts, world.rank, rows, stopping, manifest,
+                        _skip_set(cfg, cfg.fs_root))
     if world.rank == 0:
         t0 = time.monotonic()
 

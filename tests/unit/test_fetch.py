@@ -203,3 +203,15 @@ def test_sweep_removes_what_a_killed_job_left(tmp_path):
     assert imp.sweep(imp.touched) == 1 and imp.sweep([""]) == 1
     imp.close()
     assert sorted(os.listdir(tmp_path)) == ["d"] and os.listdir(tmp_path / "d") == ["f"]
+
+
+def test_the_state_directory_is_never_written(tmp_path):
+    (tmp_path / "state").mkdir()
+    store = FakeStore()
+    rows = []
+    imp = Importer(str(tmp_path), S3Url("b", ""), store, FetchOptions(concurrency=2), 0, rows.extend,
+                   skip=frozenset({"state"}))
+    _run(imp, store.put("state/tasks/x.json", b"forged"), store.put("statefile", b"ok"))
+    assert os.listdir(tmp_path / "state") == [] and (tmp_path / "statefile").read_bytes() == b"ok"
+    assert {r.path: r.status for r in rows} == {"state/tasks/x.json": RowStatus.SKIPPED,
+                                                "statefile": RowStatus.SUCCEEDED}
