@@ -28,7 +28,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from .errors import ErrorCode, StoreError
+from .errors import ErrorCode, StateError, StoreError
 from .importmanifest import ImportManifest, Written
 from .importrules import KeyRefused, ObjectMeta, key_path, owner_applies, parse_metadata
 from .metadata import S3Url, one_line
@@ -97,6 +97,7 @@ class Importer:
         self.skip = skip  # paths never written (the state directory, when it lies in the target)
         self.unchanged = 0  # entries identical to what the last import wrote: not fetched, no row
         self.canceled = False
+        self.fault: StateError | None = None  # the report shard or the manifest failed: the task fails
         self.bytes = 0
         self.dirs: dict[str, _Dir] = {}
         self.touched: set[str] = set()  # directories files were written into ("" the target itself)
@@ -115,9 +116,23 @@ class Importer:
                         rank=self.rank, seconds=time.monotonic() - started if started else 0.0, message=message)
         with self._lock:
             self.bytes += received
-            self._rows([row])
+            try:
+                self._rows([row])
+            except StateError as e:  # the report shard cannot be written: the rank stops starting objects
+                self._faulted(e)
         if status is RowStatus.FAILED:
             log.warning("%s: %s: %s", row.error_code, one_line(path), one_line(message))
+
+    def _faulted(self, e: StateError) -> None:
+        if self.fault is None:
+            self.fault, self.canceled = e, True
+            log.error("%s; this rank stops starting objects", e)
+
+    def _add(self, w: Written) -> None:
+        try:
+            self.manifest.add(w)
+        except StateError as e:
+            self._faulted(e)
 
     def fail_listing(self, prefix: str, err: StoreError) -> None:
         """A prefix that could not be listed (S3ImportListObjectError): its entries are not imported."""
@@ -491,7 +506,7 @@ class Importer:
             return
         st = os.stat(name, dir_fd=fd, follow_symlinks=False)
         data = not self.opts.metadata_only or kind is not EntryKind.FILE
-        self.manifest.add(Written(path, obj.etag, obj.size, kind.value, stat.S_IMODE(st.st_mode), st.st_uid,
+        self._add(Written(path, obj.etag, obj.size, kind.value, stat.S_IMODE(st.st_mode), st.st_uid,
                                   st.st_gid, st.st_mtime_ns, st.st_atime_ns, data))
 
     def _lstat(self, path: str) -> os.stat_result | None:
@@ -561,7 +576,7 @@ class Importer:
                 self.unchanged += 1
             return
         if self.manifest is not None:
-            self.manifest.add(Written(d.path, d.etag, 0, "directory", stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
+            self._add(Written(d.path, d.etag, 0, "directory", stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
                                       st.st_mtime_ns, st.st_atime_ns))
         self._row(d.path, EntryKind.DIRECTORY, 0, RowStatus.SUCCEEDED, started=started)
 

@@ -297,7 +297,8 @@ def run_import(world, cfg: ExportConfig, opts: FetchOptions, watch: SignalWatch 
     if manifest is not None:
         manifest.close()
     lost = shard.finish(_store(cfg, cfg.report_path), cfg.report_path, setup.task_id)
-    ends = world.allgather((tally, importer.canceled, fault or shard.fault, lost))
+    fault = fault or importer.fault or shard.fault
+    ends = world.allgather((tally, importer.canceled and importer.fault is None, fault, lost))
     importer.sweep(importer.touched)  # every rank is done writing
     if world.rank == 0:
         if manifest is not None and not any(f for _, _, f, _ in ends):

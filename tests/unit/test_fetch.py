@@ -215,3 +215,19 @@ def test_the_state_directory_is_never_written(tmp_path):
     assert os.listdir(tmp_path / "state") == [] and (tmp_path / "statefile").read_bytes() == b"ok"
     assert {r.path: r.status for r in rows} == {"state/tasks/x.json": RowStatus.SKIPPED,
                                                 "statefile": RowStatus.SUCCEEDED}
+
+
+def test_a_report_that_cannot_be_written_stops_the_rank(tmp_path):
+    from pfsxport.errors import StateError
+
+    def rows(batch):
+        raise StateError("StateDirectoryUnusable", "No space left on device: cannot write shard")
+    store = FakeStore()
+    imp = Importer(str(tmp_path), S3Url("b", ""), store, FetchOptions(concurrency=1), 0, rows)
+    imp.take(store.put("a", b"1"))
+    imp.drain()
+    imp.take(store.put("b", b"2"))
+    imp.finish()
+    imp.close()
+    assert imp.fault is not None and imp.fault.name == "StateDirectoryUnusable" and imp.canceled
+    assert sorted(os.listdir(tmp_path)) == ["a"]
