@@ -45,7 +45,7 @@ IMPORT_FLAGS = {
     "addressing_style": "s3.addressing_style", "sign_payload": "s3.sign_payload", "part_size": "transfer.part_size",
     "concurrency": "transfer.concurrency", "parts_in_flight": "transfer.parts_in_flight",
     "file_system_id": "file_system_id", "cancel_grace": "transfer.cancel_grace",
-    "progress": "progress.mode", "progress_interval": "progress.interval",
+    "progress": "progress.mode", "progress_interval": "progress.interval", "lfs": "transfer.lfs",
 }
 
 
@@ -156,6 +156,13 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--cancel-grace", help="after SIGTERM or SIGINT, seconds objects in flight get to finish")
     i.add_argument("--progress", choices=["auto", "log", "off"], help="progress lines in the log (default auto: on)")
     i.add_argument("--progress-interval", help="seconds between progress lines (default 10)")
+    i.add_argument("--lfs", help="path of `lfs` to create large files with on Lustre, 'auto' (PATH, the default) "
+                   "or 'off'")
+    i.add_argument("--setstripe", default="auto", metavar="OPTIONS",
+                   help="lfs setstripe options for new large files, e.g. \"-c 4 -S 4M\"; 'auto' (default): "
+                        "files of 1 GiB or more get one stripe per GiB (at most 32); 'off': the directory's default")
+    i.add_argument("--setstripe-min", default="64MiB",
+                   help="files at least this large get --setstripe's options (default 64MiB)")
     i.add_argument("--metadata-only", action="store_true",
                    help="restore directories, symlinks and each file's owner, mode and times, with files left "
                         "empty (no data is downloaded)")
@@ -558,12 +565,23 @@ def _run_import(args, watch) -> int:
         if world.rank == 0:
             log.error("%s", e)
         return e.exit_code
+    import shutil
+
     from .fetch import FetchOptions
     from .importjob import run_import
+    from .plan import parse_size
 
     t = cfg.transfer
+    lfs = None if t.lfs == "off" else shutil.which("lfs") if t.lfs == "auto" else t.lfs
+    try:
+        minimum = parse_size(args.setstripe_min)
+    except ValueError as e:
+        if world.rank == 0:
+            log.error("--setstripe-min %r: %s", args.setstripe_min, e)
+        return ExitCode.BAD_INPUT
     opts = FetchOptions(concurrency=t.concurrency, ranges_in_flight=t.parts_in_flight, range_size=t.part_size,
-                        metadata_only=args.metadata_only, no_overwrite=args.no_overwrite)
+                        metadata_only=args.metadata_only, no_overwrite=args.no_overwrite, lfs=lfs,
+                        setstripe=args.setstripe, setstripe_min=minimum)
     try:
         return int(run_import(world, cfg, opts, watch))
     except PfsxError as e:

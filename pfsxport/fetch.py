@@ -20,7 +20,9 @@ import errno
 import logging
 import os
 import secrets
+import shlex
 import stat
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -63,6 +65,27 @@ class FetchOptions:
     attempts: int = 3  # fetches of an object whose ETag keeps moving before it fails
     metadata_only: bool = False  # files created empty with their owner, mode and times
     no_overwrite: bool = False  # an entry already in the target is kept
+    lfs: str | None = None  # `lfs` to create large files with (Lustre), None: plain files
+    setstripe: str = "auto"  # lfs setstripe options for large files; "auto": sized to the file (stripe_options)
+    setstripe_min: int = 64 << 20  # files at least this large are created with `lfs setstripe`
+
+
+GiB = 1 << 30
+AUTO_STRIPES_MAX = 32
+
+
+def stripe_options(size: int, setting: str, minimum: int) -> list[str] | None:
+    """The `lfs setstripe` options a new file of `size` bytes is created with, or None for the
+    directory's default layout: "auto" gives a file of 1 GiB or more one stripe per GiB (at
+    most AUTO_STRIPES_MAX); "off" never; other text is the user's options, for files of at
+    least `minimum` bytes."""
+    if setting == "off":
+        return None
+    if setting == "auto":
+        if size < GiB:
+            return None
+        return ["-c", str(min(-(-size // GiB), AUTO_STRIPES_MAX))]
+    return shlex.split(setting) if size >= minimum else None
 
 
 @dataclass(slots=True)
@@ -106,6 +129,7 @@ class Importer:
         self._slots = threading.Semaphore(opts.concurrency * 2)  # queued + in flight: memory stays bounded
         self._futures: set[Future] = set()
         self._seq = 0
+        self._stripe_off = False
 
     # ---- rows ------------------------------------------------------------------------------
 
@@ -395,7 +419,7 @@ class Importer:
                 finally:
                     os.close(out)
                 return EntryKind.FILE, int(head.get("ContentLength") or 0), 0
-        out = self._create(fd, tmp)
+        out = self._create(fd, tmp, obj.size)
         try:
             try:
                 os.ftruncate(out, obj.size)  # holes where the body is zeros: sparse files stay sparse
@@ -423,11 +447,40 @@ class Importer:
         os.unlink(tmp, dir_fd=fd)
         return self._symlink(fd, tmp, target, meta, first.mtime_ns or obj.mtime_ns), len(target), len(target)
 
-    def _create(self, fd: int, tmp: str) -> int:
+    def _create(self, fd: int, tmp: str, size: int = 0) -> int:
+        options = stripe_options(size, self.opts.setstripe, self.opts.setstripe_min) \
+            if self.opts.lfs and not self._stripe_off else None
+        if options is not None and self._setstripe(fd, tmp, options):
+            try:  # lfs made it: open what is there, never a symlink, and only a fresh empty file
+                out = os.open(tmp, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            except OSError as e:
+                raise _oserror(e, "cannot open the file lfs created") from None
+            st = os.fstat(out)
+            if stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_size == 0:
+                return out
+            os.close(out)
+            raise _Refused(ErrorCode.LOCAL_WRITE_ERROR, "the file lfs setstripe created is not a new empty file")
         try:
             return os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=fd)
         except OSError as e:
             raise _oserror(e, "cannot create the file") from None
+
+    def _setstripe(self, fd: int, tmp: str, options: list[str]) -> bool:
+        """`lfs setstripe OPTIONS` creates the file under its temporary name, reached through
+        this process's descriptor of the directory (/proc/PID/fd/N/NAME), so no path of the tree
+        is resolved again. A failure falls back to a plain file (warned about once)."""
+        path = f"/proc/{os.getpid()}/fd/{fd}/{tmp}"
+        try:
+            r = subprocess.run([self.opts.lfs, "setstripe", *options, path], capture_output=True, text=True,
+                               timeout=120)
+            ok, why = r.returncode == 0, r.stderr.strip()
+        except (OSError, subprocess.TimeoutExpired) as e:
+            ok, why = False, str(e)
+        if not ok and not self._stripe_off:
+            self._stripe_off = True  # not Lustre, or lfs cannot: not asked again in this task
+            log.warning("lfs setstripe %s failed (%s): large files get the directory's default layout",
+                        " ".join(options), one_line(why))
+        return ok
 
     @staticmethod
     def _sink(out: int):

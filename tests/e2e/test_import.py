@@ -439,3 +439,32 @@ def test_task_cancel_and_one_task_at_a_time(moto, tmp_path):
     assert proc.returncode == 4, err[-3000:]
     d = describe(task, state)
     assert d["Lifecycle"] == "CANCELED" and "EndTime" in d
+
+
+def test_large_files_are_created_with_lfs_setstripe(moto, tmp_path):
+    """On Lustre a new large file gets the layout asked for (`lfs setstripe`, here the stand-in),
+    created through the directory's descriptor; small files get the directory's default."""
+    standin = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "standin", "lfs")
+    lfs_dir = tmp_path / "lfs"
+    lfs_dir.mkdir()
+    c, bucket = moto.client(), moto.new_bucket()
+    big = os.urandom(3 << 20)
+    _put(c, bucket, "p/d/big", big)
+    _put(c, bucket, "p/small", b"small")
+    dst, state = tmp_path / "dst", str(tmp_path / "state")
+    dst.mkdir()
+    base = [sys.executable, "-m", "pfsxport", "import", "--fs-root", str(dst), "--repository", f"s3://{bucket}/p/",
+            "--state-dir", state, "--lfs", standin, "--setstripe", "-c 4 -S 1M", "--setstripe-min", "1MiB"]
+    env = {**os.environ, **moto.env(), "PFSXPORT_STANDIN_LFS": str(lfs_dir)}
+    r = subprocess.run(base, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    calls = [json.loads(line) for line in (lfs_dir / "calls").read_text().splitlines()]
+    assert len(calls) == 1 and calls[0][:5] == ["setstripe", "-c", "4", "-S", "1M"]
+    assert calls[0][5].startswith("/proc/") and "/fd/" in calls[0][5] and ".pfsxport-tmp-" in calls[0][5]
+    assert (dst / "d" / "big").read_bytes() == big and (dst / "small").read_bytes() == b"small"
+    (lfs_dir / "fail").write_text("setstripe\n")  # not Lustre after all: plain files, one warning
+    shutil.rmtree(dst)
+    dst.mkdir()
+    r = subprocess.run(base, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stderr.count("lfs setstripe -c 4 -S 1M failed") == 1, r.stderr[-3000:]
+    assert (dst / "d" / "big").read_bytes() == big

@@ -231,3 +231,15 @@ def test_a_report_that_cannot_be_written_stops_the_rank(tmp_path):
     imp.close()
     assert imp.fault is not None and imp.fault.name == "StateDirectoryUnusable" and imp.canceled
     assert sorted(os.listdir(tmp_path)) == ["a"]
+
+
+def test_stripe_options():
+    from pfsxport.fetch import GiB, stripe_options
+
+    assert stripe_options(GiB - 1, "auto", 64 << 20) is None
+    assert stripe_options(GiB, "auto", 64 << 20) == ["-c", "1"]
+    assert stripe_options(5 * GiB + 1, "auto", 64 << 20) == ["-c", "6"]
+    assert stripe_options(1000 * GiB, "auto", 64 << 20) == ["-c", "32"]
+    assert stripe_options(10 * GiB, "off", 0) is None
+    assert stripe_options(100, "-c 4 -S 4M", 64) == ["-c", "4", "-S", "4M"]
+    assert stripe_options(63, "-c 4 -S 4M", 64) is None
