@@ -12,7 +12,8 @@ the rules of writing into a tree that may hold hostile entries:
   file never appears under its final name;
 - an object whose ETag changes while it comes down is fetched again, then fails (S3ObjectChanged);
 - directories get their owner, mode and times at the end, deepest first, after their children.
-Memory per rank: objects in flight times one chunk of body, plus one record per directory.
+Memory per rank: objects queued and in flight (2 x concurrency) times one 1 MiB chunk of body,
+plus one record per directory it made. On Lustre, large files are created by `lfs setstripe`.
 """
 from __future__ import annotations
 
@@ -104,9 +105,11 @@ def _oserror(e: OSError, what: str) -> _Refused:
 
 
 class Importer:
-    """One rank's importer into `fs_root` from `repository`: `listed` entries are queued with
-    `take`, `finish` waits for them and sets the directories' metadata. Rows go to `rows`
-    (called from worker threads, under a lock)."""
+    """One rank's importer into `fs_root` from `repository`. Local (threads, no MPI): listed
+    objects are queued with `take` (directories are made at once, files fetched by the pool);
+    `drain` waits for the files, `settle_dirs` then sets the directories' metadata (the task
+    calls it once every rank has drained), `finish` does both for a rank alone. Rows go to
+    `rows`, called under a lock from the pool's threads."""
 
     def __init__(self, fs_root: str, repository: S3Url, store: S3Store, opts: FetchOptions, rank: int,
                  rows: Callable[[list[ReportRow]], None], stopping: Callable[[], bool] = lambda: False,
