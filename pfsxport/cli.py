@@ -140,7 +140,8 @@ def _parser() -> argparse.ArgumentParser:
                        "restore a tree from its repository (every MPI rank runs this)")
     i.add_argument("--config", help="YAML config file (see configs/); command-line options win")
     i.add_argument("--fs-root", help="the directory the repository's tree is restored into")
-    i.add_argument("--repository", help="s3://BUCKET/PREFIX/ that the tree maps to")
+    i.add_argument("--repository", help="s3://BUCKET/PREFIX/ that the tree maps to (default: the file system's "
+                   "data repository associations)")
     i.add_argument("--report-path", help="s3://BUCKET/PREFIX for {TaskId}/report.csv "
                    "(default: s3://BUCKET/pfsxport-reports)")
     i.add_argument("--state-dir", help="task records and reports (default: $PFSXPORT_STATE_DIR or ~/.pfsxport)")
@@ -169,7 +170,8 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--no-overwrite", action="store_true",
                    help="keep entries already in the target (default: the repository wins, as in FSx)")
     i.add_argument("paths", nargs="*", metavar="PATH",
-                   help="s3://BUCKET/KEY URLs inside the repository (default: the whole repository)")
+                   help="s3://BUCKET/KEY URLs inside the repository, or (with associations) file-system paths "
+                        "under an association's FileSystemPath (default: the whole repository)")
 
     t = sub.add_parser("task", help="create, describe or cancel tasks")
     tsub = t.add_subparsers(dest="task_command", required=True)
@@ -559,7 +561,10 @@ def _run_import(args, watch) -> int:
     try:
         cli = {key: getattr(args, flag) for flag, key in IMPORT_FLAGS.items()}
         cli["paths"] = args.paths or None
-        cfg = load(args.config, cli)
+        cfg = load(args.config, cli, need_repository=False)
+        from .job import check_repository
+
+        check_repository(cfg)  # --repository, or the file system's associations
         watch.grace = cfg.transfer.cancel_grace
     except PfsxError as e:
         if world.rank == 0:

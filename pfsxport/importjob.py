@@ -25,14 +25,15 @@ from .errors import ExitCode, InputError, StateError, StoreError, TaskError
 from .fetch import FetchOptions, Importer
 from .halt import SignalWatch
 from .importmanifest import ImportManifest, manifest_dir
-from .job import _attrs, _end, _exit_code, _Shard, _skip_set, _store, _upload_report
+from .job import _attrs, _end, _exit_code, _prefixed, _Shard, _skip_set, _store, _upload_report, linked, task_paths
 from .lifecycle import TaskLifecycle, end_state
-from .metadata import S3Url, printable
+from .metadata import S3Url, parse_s3_url, printable
 from .parallel import share_queue
 from .report import FAILURES, REPORT_CSV, REPORT_H5, ReportWriter, combine
 from .share import Tally
 from .state import IMPORT_TASK_TYPE, StateDir, TaskRecord, new_task_id
 from .store import S3Store
+from .walk import refuse_symlinks
 
 log = logging.getLogger("pfsxport")
 
@@ -40,10 +41,22 @@ ENTRIES_CSV = "entries.csv"  # pfsxport's per-entry CSV of an import (report.csv
 
 
 @dataclass
-class ImportSetup:
-    task_id: str
+class ImportLeg:
+    """One repository an import restores from, into `fs_root`: the task's --repository, or one
+    data repository association (its FileSystemPath, `prefix`, relative to the task's root)."""
+
+    prefix: str
+    fs_root: str
+    repository: S3Url
     subtrees: list[str]  # key prefixes ("" or ending in '/') whose objects are imported
     exact: list[str]  # keys named by a task path that may be an object of their own
+    explicit: bool = False  # named by task paths (each must hold an object), not the whole repository
+
+
+@dataclass
+class ImportSetup:
+    task_id: str
+    legs: list[ImportLeg]
 
 
 @dataclass
@@ -73,6 +86,53 @@ def import_prefixes(repository: S3Url, paths: list[str]) -> tuple[list[str], lis
     return sorted(set(subtrees)), sorted(set(exact))
 
 
+def _in_repository(url: str, repository: S3Url) -> bool:
+    bucket, _, key = url[5:].partition("/")
+    return bucket == repository.bucket and (key + "/").startswith(repository.prefix)
+
+
+def mapped_legs(cfg: ExportConfig, state: StateDir) -> list[ImportLeg]:
+    """Without --repository: the legs of the file system's associations. Task paths are s3://
+    URLs inside an association's repository, or file-system paths (relative to the root, or
+    absolute inside it) mapped through the association whose FileSystemPath holds them; none:
+    every association whole. A FileSystemPath that goes through a symlink is refused; one that
+    does not exist yet is made."""
+    roots = {a.file_system_path.strip("/"): parse_s3_url(a.data_repository_path) for a in linked(state, cfg)}
+    asked: dict[str, list[str]] = {r: [] for r in roots}
+    whole = set() if cfg.paths else set(roots)
+    for p in cfg.paths:
+        if p.startswith("s3://"):
+            found = [r for r, url in roots.items() if _in_repository(p, url)]
+            if not found:
+                raise InputError(f"path {p!r} is not inside the repository of any data repository association")
+            asked[found[0]].append(p)
+            continue
+        rel = task_paths(cfg.fs_root, [p])[0]
+        r = next((r for r in roots if not r or rel == r or rel.startswith(r + "/")), None)
+        if r is None:
+            below = [r for r in roots if not rel or r.startswith(rel + "/")]
+            if not below:
+                raise InputError(f"path {p!r} is under no data repository association's FileSystemPath")
+            whole.update(below)
+            continue
+        sub = rel[len(r):].lstrip("/") if r else rel
+        if sub:
+            asked[r].append(str(roots[r]) + sub)
+        else:
+            whole.add(r)
+    legs = []
+    for r in sorted(roots):
+        if r not in whole and not asked[r]:
+            continue
+        paths = [] if r in whole else asked[r]
+        leg_root = os.path.join(cfg.fs_root, r) if r else cfg.fs_root
+        if r:
+            refuse_symlinks(cfg.fs_root, r, "FileSystemPath", last=True)
+            os.makedirs(leg_root, exist_ok=True)
+        legs.append(ImportLeg(r, leg_root, roots[r], *import_prefixes(roots[r], paths), explicit=bool(paths)))
+    return legs
+
+
 def _write_names(paths: dict[str, str]) -> dict[str, str]:
     """An import's report files under the names FSx gives them: the failures-format file is
     report.csv (R-2), and pfsxport's per-entry CSV becomes entries.csv."""
@@ -97,36 +157,44 @@ def _fail_early(state: StateDir, rec: TaskRecord, message: str, code: ExitCode) 
 
 def _prepare(cfg: ExportConfig, state: StateDir, nranks: int) -> ImportSetup | ImportStop:
     """Rank 0: record the task, check the paths, the repository and the report's bucket."""
-    rec = TaskRecord(new_task_id(), cfg.file_system_id, list(cfg.paths), f"{cfg.report_path}", str(cfg.repository),
-                     ranks=nranks, task_type=IMPORT_TASK_TYPE)
+    rec = TaskRecord(new_task_id(), cfg.file_system_id, list(cfg.paths), f"{cfg.report_path}",
+                     str(cfg.repository) if cfg.repository else "", ranks=nranks, task_type=IMPORT_TASK_TYPE)
     try:
         state.create(rec, own=True)
     except (TaskError, StateError) as e:
         log.error("%s", e)
         return ImportStop(e.exit_code)
     print(rec.task_id, flush=True)
-    log.info("task %s (import) on %s: %s -> %s with %d rank(s)", rec.task_id, cfg.file_system_id, cfg.repository,
-             cfg.fs_root, nranks)
+    log.info("task %s (import) on %s: %s -> %s with %d rank(s)", rec.task_id, cfg.file_system_id,
+             cfg.repository or "its data repository associations", cfg.fs_root, nranks)
     try:
-        subtrees, exact = import_prefixes(cfg.repository, cfg.paths)
+        legs = [ImportLeg("", cfg.fs_root, cfg.repository, *import_prefixes(cfg.repository, cfg.paths),
+                          explicit=bool(cfg.paths))] if cfg.repository else mapped_legs(cfg, state)
     except InputError as e:
         return _fail_early(state, rec, str(e), ExitCode.BAD_INPUT)
-    store = _store(cfg, cfg.repository)
+    except OSError as e:
+        return _fail_early(state, rec, f"cannot make a FileSystemPath: {e}", ExitCode.BAD_INPUT)
+    for leg in legs:
+        store = _store(cfg, leg.repository)
+        try:
+            empty = [p for p in leg.subtrees if not _holds(store.list_page(p, "/"))]
+            for prefix in empty if leg.explicit else []:
+                key = prefix[:-1]
+                if key not in leg.exact or not any(o.key == key for o in store.list_page(key, "/").objects):
+                    return _fail_early(state, rec, f"path s3://{leg.repository.bucket}/{key} holds no objects",
+                                       ExitCode.BAD_INPUT)
+        except StoreError as e:
+            return _fail_early(state, rec, f"cannot import from {leg.repository}: {e}", ExitCode.STORE_UNREACHABLE)
     try:
-        empty = [p for p in subtrees if not _holds(store.list_page(p, "/"))]
-        for prefix in empty if cfg.paths else []:
-            key = prefix[:-1]
-            if key not in exact or not any(o.key == key for o in store.list_page(key, "/").objects):
-                return _fail_early(state, rec, f"path s3://{cfg.repository.bucket}/{key} holds no objects",
-                                   ExitCode.BAD_INPUT)
         report = cfg.report_path
         _store(cfg, report).check_writable(f"{report.prefix}/" if report.prefix else "")
     except StoreError as e:
-        return _fail_early(state, rec, f"cannot import from {cfg.repository}: {e}", ExitCode.STORE_UNREACHABLE)
+        return _fail_early(state, rec, f"cannot write the report to {cfg.report_path}: {e}",
+                           ExitCode.STORE_UNREACHABLE)
     rec.move(TaskLifecycle.EXECUTING)
     rec.start_time = time.time()
     state.write(rec)
-    return ImportSetup(rec.task_id, subtrees, exact)
+    return ImportSetup(rec.task_id, legs)
 
 
 def _holds(page) -> bool:
@@ -162,8 +230,8 @@ def _shadowed(keys: list[str]) -> set[str]:
     return {k for k in keys if k in parents}
 
 
-def _items(setup: ImportSetup) -> list:
-    return [("prefix", p) for p in setup.subtrees] + [("exact", k) for k in setup.exact]
+def _items(leg: ImportLeg) -> list:
+    return [("prefix", p) for p in leg.subtrees] + [("exact", k) for k in leg.exact]
 
 
 def _handler(world, store: S3Store, importer: Importer):
@@ -253,6 +321,7 @@ def run_import(world, cfg: ExportConfig, opts: FetchOptions, watch: SignalWatch 
         return setup.exit_code
     stopping = _Stopping(watch, state, setup.task_id)
     monitor = None
+    canceled = False
     tally = Tally()
     shard = _Shard(state.task_dir(setup.task_id), world.rank)
     lock = threading.Lock()
@@ -261,29 +330,62 @@ def run_import(world, cfg: ExportConfig, opts: FetchOptions, watch: SignalWatch 
         with lock:
             tally.rows(batch)
             shard.add(batch)
-    store = _store(cfg, cfg.repository)
     fault = None
-    manifest = ImportManifest(manifest_dir(cfg.state_dir, cfg.file_system_id, str(cfg.repository)))
-    try:
-        manifest.load().open(setup.task_id, world.rank)
-    except StateError as e:
-        log.error("%s", e)
-        manifest, fault = None, e
-    importer = Importer(cfg.fs_root, cfg.repository, store, opts, world.rank, rows, stopping, manifest,
-                        _skip_set(cfg, cfg.fs_root))
-    if world.rank == 0:
-        t0 = time.monotonic()
+    t0 = time.monotonic()
+    current: list = [None]  # the leg's importer, whose bytes are not in the tally yet
 
-        def progress() -> str:  # rank 0's own share: the other ranks' counts arrive at the end
-            dt = max(time.monotonic() - t0, 1e-9)
-            return (f"rank 0 of {world.size}: {tally.total} entries written ({tally.failed} failed), "
-                    f"{importer.unchanged} unchanged, {importer.bytes / 1e6:.1f} MB received, "
-                    f"{tally.total / dt:.0f} entries/s, {importer.bytes / dt / 1e6:.1f} MB/s")
+    def progress() -> str:  # rank 0's own share: the other ranks' counts arrive at the end
+        dt = max(time.monotonic() - t0, 1e-9)
+        with lock:
+            imp = current[0]
+            received = tally.bytes_sent + (imp.bytes if imp else 0)
+            unchanged = tally.unchanged + (imp.unchanged if imp else 0)
+        return (f"rank 0 of {world.size}: {tally.total} entries written ({tally.failed} failed), "
+                f"{unchanged} unchanged, {received / 1e6:.1f} MB received, "
+                f"{tally.total / dt:.0f} entries/s, {received / dt / 1e6:.1f} MB/s")
+    if world.rank == 0:
         monitor = _Watch(state, state.read(setup.task_id), stopping, cfg.status_interval,
                          None if cfg.progress == "off" else progress, cfg.progress_interval)
         monitor.start()
+    for leg in setup.legs:
+        if world.rank == 0 and len(setup.legs) > 1:
+            log.info("%s -> %s", leg.repository, leg.fs_root)
+        store = _store(cfg, leg.repository)
+        manifest = ImportManifest(manifest_dir(cfg.state_dir, cfg.file_system_id, str(leg.repository)))
+        try:
+            manifest.load().open(setup.task_id, world.rank)
+        except StateError as e:
+            log.error("%s", e)
+            manifest, fault = None, e
+        importer = Importer(leg.fs_root, leg.repository, store, opts, world.rank, _prefixed(rows, leg.prefix),
+                            stopping, manifest, _skip_set(cfg, leg.fs_root))
+        with lock:
+            current[0] = importer
+        fault = _run_leg(world, leg, store, importer, manifest) or fault
+        with lock:
+            tally.bytes_sent += importer.bytes
+            tally.unchanged += importer.unchanged
+            current[0] = None
+        canceled = canceled or importer.canceled and importer.fault is None
+        fault = fault or importer.fault
+    lost = shard.finish(_store(cfg, cfg.report_path), cfg.report_path, setup.task_id)
+    fault = fault or shard.fault
+    ends = world.allgather((tally, canceled, fault, lost))
+    code = None
+    if world.rank == 0:
+        monitor.done.set()
+        monitor.join()
+        code = _finish(cfg, state, monitor.rec, ends)
+    return world.bcast(code)
+
+
+def _run_leg(world, leg: ImportLeg, store: S3Store, importer: Importer,
+             manifest: ImportManifest | None) -> StateError | None:
+    """Collective: one leg listed through the shared queue, its files fetched, then (all ranks
+    drained) its directories' metadata; its manifest closed and, by rank 0, compacted."""
+    fault = None
     try:
-        share_queue(world, _items(setup) if world.rank == 0 else [], _handler(world, store, importer))
+        share_queue(world, _items(leg) if world.rank == 0 else [], _handler(world, store, importer))
         importer.drain()
     except StateError as e:
         fault = e
@@ -293,26 +395,17 @@ def run_import(world, cfg: ExportConfig, opts: FetchOptions, watch: SignalWatch 
     except StateError as e:
         fault = fault or e
     importer.shutdown()
-    tally.bytes_sent, tally.unchanged = importer.bytes, importer.unchanged
     if manifest is not None:
         manifest.close()
-    lost = shard.finish(_store(cfg, cfg.report_path), cfg.report_path, setup.task_id)
-    fault = fault or importer.fault or shard.fault
-    ends = world.allgather((tally, importer.canceled and importer.fault is None, fault, lost))
+    faults = world.allgather(fault or importer.fault)
     importer.sweep(importer.touched)  # every rank is done writing
-    if world.rank == 0:
-        if manifest is not None and not any(f for _, _, f, _ in ends):
-            try:
-                manifest.compact()
-            except StateError as e:
-                log.error("the import manifest could not be compacted (the next run reads its parts): %s", e)
     importer.close()
-    code = None
-    if world.rank == 0:
-        monitor.done.set()
-        monitor.join()
-        code = _finish(cfg, state, monitor.rec, ends)
-    return world.bcast(code)
+    if world.rank == 0 and manifest is not None and not any(faults):
+        try:
+            manifest.compact()
+        except StateError as e:
+            log.error("the import manifest could not be compacted (the next run reads its parts): %s", e)
+    return fault
 
 
 def _finish(cfg: ExportConfig, state: StateDir, rec: TaskRecord, ends: list) -> ExitCode:

@@ -468,3 +468,36 @@ def test_large_files_are_created_with_lfs_setstripe(moto, tmp_path):
     r = subprocess.run(base, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stderr.count("lfs setstripe -c 4 -S 1M failed") == 1, r.stderr[-3000:]
     assert (dst / "d" / "big").read_bytes() == big
+
+
+def test_import_through_the_associations(seaweed, tmp_path):
+    """Without --repository: every association's repository into its FileSystemPath, or only
+    what file-system paths (or s3:// URLs) name; a path under no association is bad input."""
+    from conftest import pfsxport
+
+    c, bucket = seaweed.client(), seaweed.new_bucket()
+    _put(c, bucket, "ra/x/1", b"a1")
+    _put(c, bucket, "ra/y/2", b"a2")
+    _put(c, bucket, "rb/3", b"b3")
+    root, state = tmp_path / "root", str(tmp_path / "state")
+    for d in ("a", "b", "other"):
+        (root / d).mkdir(parents=True)
+    for fs_path, prefix in (("/a", "ra/"), ("/b", "rb/")):
+        r = pfsxport("dra", "create", "--fs-root", str(root), "--state-dir", state, "--file-system-path", fs_path,
+                     "--data-repository-path", f"s3://{bucket}/{prefix}", env=seaweed.env())
+        assert r.returncode == 0, r.stderr
+    (root / "b").rmdir()  # a fresh scratch directory: the FileSystemPath is made again
+    r = run_import(seaweed, ["--fs-root", str(root), "--state-dir", state, "a/x"], ranks=2)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (root / "a" / "x" / "1").read_bytes() == b"a1" and not (root / "a" / "y").exists()
+    assert not (root / "b").exists()
+    r = run_import(seaweed, ["--fs-root", str(root), "--state-dir", state], ranks=2)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (root / "a" / "y" / "2").read_bytes() == b"a2" and (root / "b" / "3").read_bytes() == b"b3"
+    task = task_of(r)
+    paths = sorted(row[0] for row in report(state, task, "entries.csv")[1:])
+    assert paths == ["a/y/2", "b/3"] and " 1 unchanged" in r.stderr  # a/x/1: imported by the first run
+    r = run_import(seaweed, ["--fs-root", str(root), "--state-dir", state, f"s3://{bucket}/rb/3"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = run_import(seaweed, ["--fs-root", str(root), "--state-dir", state, "other/z"])
+    assert r.returncode == 2 and "under no data repository association" in r.stderr, r.stderr
