@@ -59,7 +59,7 @@ def task_of(r: subprocess.CompletedProcess) -> str:
     return first[0]
 
 
-@pytest.mark.parametrize("ranks", [1, 2])
+@pytest.mark.parametrize("ranks", [1, 2, 4])
 @pytest.mark.timeout(600)
 def test_round_trip_of_the_hard_tree(server, tmp_path, ranks):
     src, dst, state = str(tmp_path / "src"), str(tmp_path / "dst"), str(tmp_path / "state")
