@@ -115,7 +115,9 @@ class Importer:
                  rows: Callable[[list[ReportRow]], None], stopping: Callable[[], bool] = lambda: False,
                  manifest: ImportManifest | None = None, skip: frozenset[str] = frozenset()):
         self.repository, self.store, self.opts, self.rank = repository, store, opts, rank
-        self.root_fd = os.open(fs_root, _DIR_FLAGS)
+        # the target itself may be reached through a symlink (/scratch -> /lustre/scratch): the
+        # user named it; nothing below it is ever followed
+        self.root_fd = os.open(fs_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.owner = owner_applies(os.geteuid())
         self._rows, self._lock = rows, threading.Lock()
         self.stopping = stopping

@@ -243,3 +243,12 @@ def test_stripe_options():
     assert stripe_options(10 * GiB, "off", 0) is None
     assert stripe_options(100, "-c 4 -S 4M", 64) == ["-c", "4", "-S", "4M"]
     assert stripe_options(63, "-c 4 -S 4M", 64) is None
+
+
+def test_the_target_itself_may_be_a_symlink(tmp_path):
+    (tmp_path / "real").mkdir()
+    os.symlink("real", tmp_path / "scratch")
+    store = FakeStore()
+    imp, rows = _importer(tmp_path / "scratch", store)
+    _run(imp, store.put("f", b"x"))
+    assert (tmp_path / "real" / "f").read_bytes() == b"x" and rows[0].status is RowStatus.SUCCEEDED
