@@ -501,3 +501,17 @@ def test_import_through_the_associations(seaweed, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     r = run_import(seaweed, ["--fs-root", str(root), "--state-dir", state, "other/z"])
     assert r.returncode == 2 and "under no data repository association" in r.stderr, r.stderr
+
+
+def test_an_unreachable_store_is_exit_5(moto, tmp_path):
+    from pfsxport.localstore import free_ports
+
+    dst, state = tmp_path / "dst", str(tmp_path / "state")
+    dst.mkdir()
+    env = {**os.environ, **moto.env(), "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_ports(1)[0]}"}
+    r = subprocess.run([sys.executable, "-m", "pfsxport", "import", "--fs-root", str(dst), "--repository",
+                        "s3://nowhere/p/", "--state-dir", state], env=env, capture_output=True, text=True, timeout=200)
+    assert r.returncode == 5, r.stderr[-3000:]
+    d = describe(task_of(r), state)
+    assert d["Lifecycle"] == "FAILED" and "cannot import from s3://nowhere/p/" in d["FailureDetails"]["Message"]
+    assert os.listdir(dst) == []
