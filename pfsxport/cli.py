@@ -38,6 +38,17 @@ EXPORT_FLAGS = {
 }
 
 
+# `pfsxport import`: command-line flag -> config key
+IMPORT_FLAGS = {
+    "fs_root": "fs_root", "repository": "repository", "report_path": "report_path", "state_dir": "state_dir",
+    "endpoint_url": "s3.endpoint_url", "region": "s3.region", "profile": "s3.profile",
+    "addressing_style": "s3.addressing_style", "sign_payload": "s3.sign_payload", "part_size": "transfer.part_size",
+    "concurrency": "transfer.concurrency", "parts_in_flight": "transfer.parts_in_flight",
+    "file_system_id": "file_system_id", "cancel_grace": "transfer.cancel_grace",
+    "progress": "progress.mode", "progress_interval": "progress.interval", "lfs": "transfer.lfs",
+}
+
+
 class OneLineFormatter(logging.Formatter):
     """Every log line is one line: names in messages cannot forge another (tracebacks, our
     own text, still follow on lines of their own)."""
@@ -124,6 +135,43 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="create an export task and run it now (every MPI rank runs this)")
     _export_options(e)
     e.add_argument("--task-id", help="run this PENDING task (from `task create`) with its recorded options")
+
+    i = sub.add_parser("import", help="create an import task (IMPORT_METADATA_FROM_REPOSITORY) and run it now: "
+                       "restore a tree from its repository (every MPI rank runs this)")
+    i.add_argument("--config", help="YAML config file (see configs/); command-line options win")
+    i.add_argument("--fs-root", help="the directory the repository's tree is restored into")
+    i.add_argument("--repository", help="s3://BUCKET/PREFIX/ that the tree maps to (default: the file system's "
+                   "data repository associations)")
+    i.add_argument("--report-path", help="s3://BUCKET/PREFIX for {TaskId}/report.csv "
+                   "(default: s3://BUCKET/pfsxport-reports)")
+    i.add_argument("--state-dir", help="task records and reports (default: $PFSXPORT_STATE_DIR or ~/.pfsxport)")
+    i.add_argument("--endpoint-url", help="S3 endpoint (default: the boto3 chain, e.g. AWS_ENDPOINT_URL)")
+    i.add_argument("--region")
+    i.add_argument("--profile", help="AWS profile for credentials")
+    i.add_argument("--addressing-style", choices=["auto", "path", "virtual"])
+    i.add_argument("--sign-payload", choices=["auto", "always", "never"])
+    i.add_argument("--part-size", help="objects above this come down as ranged GETs of this size (default 16MiB)")
+    i.add_argument("--concurrency", help="objects in flight per rank (default 64)")
+    i.add_argument("--parts-in-flight", help="ranged GETs in flight per rank (default 8)")
+    i.add_argument("--file-system-id", help="fs-... id to record (default: derived from --fs-root)")
+    i.add_argument("--cancel-grace", help="after SIGTERM or SIGINT, seconds objects in flight get to finish")
+    i.add_argument("--progress", choices=["auto", "log", "off"], help="progress lines in the log (default auto: on)")
+    i.add_argument("--progress-interval", help="seconds between progress lines (default 10)")
+    i.add_argument("--lfs", help="path of `lfs` to create large files with on Lustre, 'auto' (PATH, the default) "
+                   "or 'off'")
+    i.add_argument("--setstripe", default="auto", metavar="OPTIONS",
+                   help="lfs setstripe options for new large files, e.g. \"-c 4 -S 4M\"; 'auto' (default): "
+                        "files of 1 GiB or more get one stripe per GiB (at most 32); 'off': the directory's default")
+    i.add_argument("--setstripe-min", default="64MiB",
+                   help="files at least this large get --setstripe's options (default 64MiB)")
+    i.add_argument("--metadata-only", action="store_true",
+                   help="restore directories, symlinks and each file's owner, mode and times, with files left "
+                        "empty (no data is downloaded)")
+    i.add_argument("--no-overwrite", action="store_true",
+                   help="keep entries already in the target (default: the repository wins, as in FSx)")
+    i.add_argument("paths", nargs="*", metavar="PATH",
+                   help="s3://BUCKET/KEY URLs inside the repository, or (with associations) file-system paths "
+                        "under an association's FileSystemPath (default: the whole repository)")
 
     t = sub.add_parser("task", help="create, describe or cancel tasks")
     tsub = t.add_subparsers(dest="task_command", required=True)
@@ -497,6 +545,62 @@ def _run_export(args, watch) -> int:
         return ExitCode.INTERNAL
 
 
+def _import(args) -> int:
+    """`pfsxport import`: SIGTERM and SIGINT cancel the task, as for export."""
+    from .halt import SignalWatch
+
+    with SignalWatch() as watch:
+        return _run_import(args, watch)
+
+
+def _run_import(args, watch) -> int:
+    from .parallel import World
+
+    world = World()
+    _setup_logging(world.rank)
+    try:
+        cli = {key: getattr(args, flag) for flag, key in IMPORT_FLAGS.items()}
+        cli["paths"] = args.paths or None
+        cfg = load(args.config, cli, need_repository=False)
+        from .job import check_repository
+
+        check_repository(cfg)  # --repository, or the file system's associations
+        watch.grace = cfg.transfer.cancel_grace
+    except PfsxError as e:
+        if world.rank == 0:
+            log.error("%s", e)
+        return e.exit_code
+    import shutil
+
+    from .fetch import FetchOptions
+    from .importjob import run_import
+    from .plan import parse_size
+
+    t = cfg.transfer
+    lfs = None if t.lfs == "off" else shutil.which("lfs") if t.lfs == "auto" else t.lfs
+    try:
+        minimum = parse_size(args.setstripe_min)
+    except ValueError as e:
+        if world.rank == 0:
+            log.error("--setstripe-min %r: %s", args.setstripe_min, e)
+        return ExitCode.BAD_INPUT
+    opts = FetchOptions(concurrency=t.concurrency, ranges_in_flight=t.parts_in_flight, range_size=t.part_size,
+                        metadata_only=args.metadata_only, no_overwrite=args.no_overwrite, lfs=lfs,
+                        setstripe=args.setstripe, setstripe_min=minimum)
+    try:
+        return int(run_import(world, cfg, opts, watch))
+    except PfsxError as e:
+        log.error("%s", e)
+        if world.size > 1:
+            world.abort(e.exit_code)
+        return e.exit_code
+    except Exception:
+        log.exception("pfsxport crashed on rank %d of %d (%s)", world.rank, world.size, world.host)
+        if world.size > 1:
+            world.abort(ExitCode.INTERNAL)
+        return ExitCode.INTERNAL
+
+
 def _plot(args) -> int:
     """`report plot`: the picture of a task from its report.h5 in the state directory."""
     from .report import REPORT_H5
@@ -563,6 +667,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "export":
             return _export(args)
+        if args.command == "import":
+            return _import(args)
         _setup_logging()
         if args.command == "task":
             return _task(args)

@@ -22,6 +22,18 @@ class ErrorCode(str, Enum):
     PATH_NOT_UTF8 = "PathNotUtf8"
     # pfsxport's own: the file system refused to let us read the entry (EACCES/EPERM/EIO).
     LOCAL_READ_ERROR = "LocalReadError"
+    # import (FSx R-8 and the import events of G-2)
+    S3_OBJECT_PATH_NOT_POSIX_COMPLIANT = "S3ObjectPathNotPosixCompliant"
+    S3_OBJECT_TYPE_MISMATCH = "S3ObjectTypeMismatch"
+    S3_OBJECT_NOT_FOUND = "S3ObjectNotFound"
+    S3_FILE_DELETED = "S3FileDeleted"  # the object went away between its listing and its download
+    NO_DISK_SPACE = "NoDiskSpace"
+    # pfsxport's own: the key's path goes through a symlink already in the target (never followed)
+    S3_OBJECT_PATH_THROUGH_SYMLINK = "S3ObjectPathThroughSymlink"
+    # pfsxport's own: the object's ETag changed while it was downloaded, on every attempt
+    S3_OBJECT_CHANGED = "S3ObjectChanged"
+    # pfsxport's own: the target file system refused to let us write the entry (EACCES, EIO, ...)
+    LOCAL_WRITE_ERROR = "LocalWriteError"
 
 
 class ExitCode(IntEnum):

@@ -247,3 +247,111 @@ def run_work(world: World, scheduler, lock: threading.Lock, make_worker: Callabl
         raise RuntimeError("the scheduler service failed") from failed[0]
     # rank 0's own worker calls the scheduler: calls, not messages
     return Traffic(scheduler.requests - served - local.posts, peers.answers, peers.thefts, moved)
+
+
+# ---- a shared queue: items handed out one at a time (the import's listing) ----------------
+
+_QREQ, _QREP = 21, 22
+
+
+class _Queue:
+    """Rank 0's side of share_queue: the items, and which ranks hold one. Over when no item is
+    left and no rank holds one (a rank holds its item until it asks again, and what it pushed
+    while running it arrives before that request: messages between two ranks keep their order)."""
+
+    def __init__(self, items: list) -> None:
+        from collections import deque
+
+        self.items = deque(items)
+        self.busy: set[int] = set()
+        self.over = False
+        self.handed = 0
+
+    def serve(self, rank: int, pushed: list, want: bool):
+        self.items.extend(pushed)
+        if not want:
+            return None
+        self.busy.discard(rank)
+        if self.items:
+            self.busy.add(rank)
+            self.handed += 1
+            return "item", self.items.popleft()
+        if not self.busy:
+            self.over = True
+        return ("stop", None) if self.over else ("wait", None)
+
+
+def share_queue(world: World, initial: list, handle: Callable[[Any, Callable[[list], None]], None]) -> int:
+    """Collective: the `initial` items (rank 0's) are handed out one at a time to whichever rank
+    asks first; handle(item, push) runs one, and push(items) adds new items to the queue at
+    once, for any rank to take. Returns when the queue is empty and every rank idle (on rank 0:
+    the number of items handed out). A rank with nothing to do polls every 10 ms."""
+    lock = threading.Lock()
+    if world.size == 1 or world.rank == 0:
+        queue = _Queue(initial if world.rank == 0 else [])
+
+        def ask(pushed: list, want: bool):
+            with lock:
+                return queue.serve(0, pushed, want)
+        service = None
+        failed: list = []
+        if world.size > 1:
+            service = threading.Thread(target=_serve_queue, args=(world, queue, lock, failed),
+                                       name="pfsxport-queue", daemon=True)
+            service.start()
+        _queue_worker(ask, lambda items: ask(items, False), handle)
+        if service is not None:
+            service.join()
+            if failed:
+                raise RuntimeError("the queue service failed") from failed[0]
+        return queue.handed
+    comm = world.comm
+
+    def remote(pushed: list, want: bool):
+        comm.send((pushed, want), dest=0, tag=_QREQ)
+        if not want:
+            return None
+        delay = 0.0001
+        while not comm.iprobe(source=0, tag=_QREP):
+            time.sleep(delay)
+            delay = min(delay * 2, 0.002)
+        return comm.recv(source=0, tag=_QREP)
+    _queue_worker(remote, lambda items: remote(items, False), handle)
+    return 0
+
+
+def _queue_worker(ask, push, handle) -> None:
+    while True:
+        what, item = ask([], True)
+        if what == "stop":
+            return
+        if what == "wait":
+            time.sleep(0.01)
+            continue
+        handle(item, lambda items: push(list(items)) if items else None)
+
+
+def _serve_queue(world: World, queue: _Queue, lock: threading.Lock, failed: list) -> None:
+    """Rank 0's service thread of share_queue: answers until every other rank was told to stop."""
+    MPI, comm = world.MPI, world.comm
+    status = MPI.Status()
+    stopped: set[int] = set()
+    delay = 0.0
+    try:
+        while len(stopped) < world.size - 1:
+            if not comm.iprobe(source=MPI.ANY_SOURCE, tag=_QREQ, status=status):
+                time.sleep(delay)
+                delay = min(delay * 2 or 0.0001, 0.002)
+                continue
+            delay = 0.0
+            src = status.Get_source()
+            pushed, want = comm.recv(source=src, tag=_QREQ)
+            with lock:
+                reply = queue.serve(src, pushed, want)
+            if want:
+                comm.send(reply, dest=src, tag=_QREP)
+                if reply[0] == "stop":
+                    stopped.add(src)
+    except BaseException as e:  # noqa: BLE001 - raised again by share_queue
+        failed.append(e)
+        log.exception("the queue service failed")

@@ -35,6 +35,7 @@ from .lifecycle import Counts, TaskLifecycle, transition
 log = logging.getLogger("pfsxport")
 
 TASK_TYPE = "EXPORT_TO_REPOSITORY"
+IMPORT_TASK_TYPE = "IMPORT_METADATA_FROM_REPOSITORY"
 REPORT_FORMAT = "REPORT_CSV_20191124"
 REPORT_SCOPE = "FAILED_FILES_ONLY"
 MAX_MESSAGE = 256
@@ -105,6 +106,7 @@ class TaskRecord:
     slurm_job_id: str | None = field(default_factory=lambda: os.environ.get("SLURM_JOB_ID"))
     request: dict | None = None  # a PENDING task's export arguments and working directory
     dry_run: bool = False  # --dry-run: the task planned, sent nothing
+    task_type: str = TASK_TYPE  # the FSx Type: EXPORT_TO_REPOSITORY or IMPORT_METADATA_FROM_REPOSITORY
 
     def move(self, new: TaskLifecycle) -> None:
         self.lifecycle = transition(self.lifecycle, new)
@@ -119,7 +121,7 @@ class TaskRecord:
         d: dict[str, Any] = {
             "TaskId": self.task_id,
             "Lifecycle": self.lifecycle.value,
-            "Type": TASK_TYPE,
+            "Type": self.task_type,
             "CreationTime": round(self.creation_time, 3),
         }
         if self.start_time is not None:
@@ -166,7 +168,8 @@ class TaskRecord:
             last_updated=st.get("LastUpdatedTime", d["CreationTime"]), failure_message=d.get("FailureMessage"),
             host=owner.get("Host", ""), pid=owner.get("Pid", 0), start_ticks=owner.get("StartTicks"),
             ranks=owner.get("Ranks", 1),
-            slurm_job_id=owner.get("SlurmJobId"), request=d.get("Request"), dry_run=bool(d.get("DryRun")))
+            slurm_job_id=owner.get("SlurmJobId"), request=d.get("Request"), dry_run=bool(d.get("DryRun")),
+            task_type=d.get("Type", TASK_TYPE))
 
 
 def _replace(path: str, data: bytes) -> None:

@@ -86,6 +86,41 @@ class Capabilities:
     dir_metadata: bool = True  # keeps user metadata on keys ending in '/'
 
 
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """One listed object: key, size, ETag and LastModified (ns since the epoch, 0 unknown)."""
+
+    key: str
+    size: int
+    etag: str
+    mtime_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class ListPage:
+    objects: list[Listed]
+    prefixes: list[str]
+    next_token: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """What a GET answered: the ETag, the object's whole size, the bytes received, its user
+    metadata (names without x-amz-meta-) and LastModified (ns since the epoch)."""
+
+    etag: str
+    size: int
+    received: int
+    metadata: dict[str, str]
+    mtime_ns: int
+
+
+def _epoch_ns(when: Any) -> int:
+    if when is None or not hasattr(when, "timestamp"):
+        return 0
+    return int(when.timestamp()) * 1_000_000_000 + when.microsecond * 1000
+
+
 class S3Store:
     """One bucket on one endpoint. Thread-safe: one botocore client, a pooled connection set."""
 
@@ -331,6 +366,49 @@ class S3Store:
             if not r.get("IsTruncated"):
                 return
             kw["ContinuationToken"] = r["NextContinuationToken"]
+
+    def list_page(self, prefix: str, delimiter: str = "", token: str | None = None) -> ListPage:
+        """One ListObjectsV2 page (up to 1000 keys) under `prefix`; with a delimiter, the common
+        prefixes too. `token` is the previous page's `next_token`."""
+        kw: dict[str, Any] = {"Prefix": prefix}
+        if delimiter:
+            kw["Delimiter"] = delimiter
+        if token:
+            kw["ContinuationToken"] = token
+        r = self._call("list_objects_v2", **kw)
+        objects = [Listed(o["Key"], o["Size"], o.get("ETag", ""), _epoch_ns(o.get("LastModified")))
+                   for o in r.get("Contents", [])]
+        return ListPage(objects, [p["Prefix"] for p in r.get("CommonPrefixes", [])],
+                        r.get("NextContinuationToken") if r.get("IsTruncated") else None)
+
+    def get_object(self, key: str, sink, start: int = 0, end: int | None = None, if_match: str = "",
+                   chunk: int = 1 << 20) -> Fetched:
+        """GET `key` (bytes start..end inclusive when `end` is given), the body streamed to
+        sink(offset, data) a chunk at a time, so memory holds one chunk. A retried request
+        streams again from `start` (sink writes must be idempotent: pwrite). `if_match`: the
+        ETag the object must still have (412 PreconditionFailed otherwise)."""
+        kw: dict[str, Any] = {"Key": key}
+        if end is not None:
+            kw["Range"] = f"bytes={start}-{end}"
+        if if_match:
+            kw["IfMatch"] = if_match
+
+        def request() -> Fetched:
+            r = self.client.get_object(Bucket=self.bucket, **kw)
+            body, at = r["Body"], start
+            try:
+                while True:
+                    data = body.read(chunk)
+                    if not data:
+                        break
+                    sink(at, data)
+                    at += len(data)
+            finally:
+                body.close()
+            total = int(r.get("ContentRange", "").rpartition("/")[2] or r.get("ContentLength", at - start))
+            return Fetched(r.get("ETag", ""), total, at - start, dict(r.get("Metadata", {})),
+                           _epoch_ns(r.get("LastModified")))
+        return self._retrying("get_object", key, request)
 
     def delete_objects(self, keys: list[str]) -> dict[str, str]:
         """Delete up to 1000 keys in one request; returns {key: error} for those that failed."""
