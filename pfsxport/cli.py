@@ -170,8 +170,8 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--no-overwrite", action="store_true",
                    help="keep entries already in the target (default: the repository wins, as in FSx)")
     i.add_argument("paths", nargs="*", metavar="PATH",
-                   help="s3://BUCKET/KEY URLs inside the repository, or (with associations) file-system paths "
-                        "under an association's FileSystemPath (default: the whole repository)")
+                   help="s3://BUCKET/KEY URLs inside the repository, or file-system paths (relative to --fs-root) "
+                        "that name the keys they were exported to (default: the whole repository)")
 
     t = sub.add_parser("task", help="create, describe or cancel tasks")
     tsub = t.add_subparsers(dest="task_command", required=True)

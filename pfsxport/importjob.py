@@ -86,6 +86,13 @@ def import_prefixes(repository: S3Url, paths: list[str]) -> tuple[list[str], lis
     return sorted(set(subtrees)), sorted(set(exact))
 
 
+def _as_urls(cfg: ExportConfig) -> list[str]:
+    """With --repository: task paths as s3:// URLs; a file-system path (relative to the root,
+    or absolute inside it) names the key it was exported to."""
+    return [p if p.startswith("s3://") else f"{cfg.repository}{task_paths(cfg.fs_root, [p])[0]}"
+            for p in cfg.paths]
+
+
 def _in_repository(url: str, repository: S3Url) -> bool:
     bucket, _, key = url[5:].partition("/")
     return bucket == repository.bucket and (key + "/").startswith(repository.prefix)
@@ -168,7 +175,7 @@ def _prepare(cfg: ExportConfig, state: StateDir, nranks: int) -> ImportSetup | I
     log.info("task %s (import) on %s: %s -> %s with %d rank(s)", rec.task_id, cfg.file_system_id,
              cfg.repository or "its data repository associations", cfg.fs_root, nranks)
     try:
-        legs = [ImportLeg("", cfg.fs_root, cfg.repository, *import_prefixes(cfg.repository, cfg.paths),
+        legs = [ImportLeg("", cfg.fs_root, cfg.repository, *import_prefixes(cfg.repository, _as_urls(cfg)),
                           explicit=bool(cfg.paths))] if cfg.repository else mapped_legs(cfg, state)
     except InputError as e:
         return _fail_early(state, rec, str(e), ExitCode.BAD_INPUT)

@@ -187,6 +187,14 @@ def test_one_task_at_a_time_and_bad_paths(moto, tmp_path):
                           f"s3://{bucket}/p/f"])
     assert r.returncode == 0, r.stderr
     assert (dst / "f").read_bytes() == b"1"
+    _put(c, bucket, "p/d/g", b"2")
+    for path in ("d", str(dst / "d")):  # a file-system path names the keys it was exported to
+        r = run_import(moto, ["--fs-root", str(dst), "--repository", f"s3://{bucket}/p/", "--state-dir", state, path])
+        assert r.returncode == 0, r.stderr
+        assert (dst / "d" / "g").read_bytes() == b"2"
+    r = run_import(moto, ["--fs-root", str(dst), "--repository", f"s3://{bucket}/p/", "--state-dir", state,
+                          str(tmp_path / "outside")])
+    assert r.returncode == 2 and "outside the file system root" in r.stderr, r.stderr
     out = subprocess.run([sys.executable, "-m", "pfsxport", "task", "describe", "--state-dir", state],
                          capture_output=True, text=True, check=True).stdout
     types = {t["Type"] for t in json.loads(io.StringIO(out).read())["DataRepositoryTasks"]}

@@ -196,6 +196,10 @@ CHECKPOINT = os.path.join(REPO, "jobscripts", "checkpoint.sbatch")
 SIMULATION = """
 import os, signal, sys, time
 ckpt = sys.argv[1]
+if os.path.exists(os.path.join(ckpt, "final.dat")):  # restarted: resume from the checkpoint, then end
+    with open(os.path.join(os.path.dirname(ckpt), "resumed"), "w") as f:
+        f.write(open(os.path.join(ckpt, "final.dat")).read())
+    sys.exit(0)
 stop = []
 signal.signal(signal.SIGUSR1, lambda *a: stop.append(1))
 os.makedirs(ckpt, exist_ok=True)
@@ -241,6 +245,62 @@ def test_checkpoint_sbatch_exports_on_the_warning_and_completes(slurm, seaweed, 
     assert f"reports/{task}/failures.csv" in keys
     got = seaweed.client().get_object(Bucket=bucket, Key="x/ckpt/final.dat")["Body"].read()
     assert got == (root / "ckpt" / "final.dat").read_bytes()
+
+
+def import_args(root, bucket, state) -> list[str]:
+    return ["--fs-root", str(root), "--repository", f"s3://{bucket}/x/", "--report-path", f"s3://{bucket}/reports",
+            "--state-dir", str(state), "--addressing-style", "path"]
+
+
+@pytest.mark.timeout(180, func_only=True)
+def test_checkpoint_sbatch_restores_the_checkpoint_before_the_program_resumes(slurm, seaweed, tmp_path):
+    """The restart loop: a job exports its checkpoint on the warning; the scratch directory is
+    then gone (a new allocation), and the next job, with PFSXPORT_RESTORE=1, brings the
+    checkpoint back from S3 before the program starts, so the program resumes from it. A
+    restore that fails never starts the program."""
+    root = tmp_path / "fs"
+    os.makedirs(root)
+    sim = tmp_path / "simulate.py"
+    sim.write_text(SIMULATION)
+    bucket = seaweed.new_bucket()
+    state = tmp_path / "state"
+    env = job_env(seaweed, slurm, PFSXPORT=PFSXPORT, PFSXPORT_CHECKPOINT_DIR="ckpt",
+                  PFSXPORT_EXPORT_ARGS=" ".join(export_args(root, bucket, state)),
+                  PFSXPORT_IMPORT_ARGS=" ".join(import_args(root, bucket, state)), PFSXPORT_RESTORE="1")
+    program = [CHECKPOINT, sys.executable, str(sim), str(root / "ckpt")]
+
+    lost = seaweed.new_bucket()  # nothing was ever exported there: the restore fails, nothing runs
+    failing = {**env, "PFSXPORT_IMPORT_ARGS": " ".join(import_args(root, lost, state))}
+    job = slurm.sbatch(["--ntasks=2", "--time=5", f"--output={tmp_path}/none-%j.out", *program], env=failing,
+                       cwd=str(tmp_path))
+    info = slurm.wait(job, timeout=60)
+    assert (info["JobState"], info["ExitCode"]) == ("FAILED", "2:0"), explain(slurm, info)
+    assert "the program is not started" in output(info) and not (root / "running").exists(), explain(slurm, info)
+
+    env["PFSXPORT_RESTORE"] = "requeued"  # a first run has nothing to restore
+    job = slurm.sbatch(["--ntasks=2", "--time=5", f"--output={tmp_path}/first-%j.out", *program], env=env,
+                       cwd=str(tmp_path))
+    slurm.wait(job, "RUNNING", timeout=30)
+    deadline = time.monotonic() + 30
+    while not (root / "running").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    slurm.scancel(job, signal="USR1", batch=True)
+    info = slurm.wait(job, timeout=90)
+    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), explain(slurm, info)
+    assert "restoring" not in output(info)
+    saved = {n: (root / "ckpt" / n).read_bytes() for n in os.listdir(root / "ckpt")}
+    assert "final.dat" in saved
+
+    subprocess.run(["rm", "-rf", str(root)], check=True)  # a fresh scratch directory
+    os.makedirs(root)
+    env["PFSXPORT_RESTORE"] = "1"
+    job = slurm.sbatch(["--ntasks=2", "--time=5", f"--output={tmp_path}/again-%j.out", *program], env=env,
+                       cwd=str(tmp_path))
+    info = slurm.wait(job, timeout=90)
+    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), explain(slurm, info)
+    assert (root / "resumed").read_bytes() == saved["final.dat"], explain(slurm, info)
+    assert {n: (root / "ckpt" / n).read_bytes() for n in os.listdir(root / "ckpt")} == saved
+    assert not (root / "running").exists()  # the program resumed; it did not start over
 
 
 @pytest.mark.timeout(120, func_only=True)
