@@ -86,7 +86,8 @@ class Tally:
 class LocalQueue:
     """A rank's own light units: directory scans on a stack (depth first keeps it small) and
     everything else (batches of small entries, deletes) in arrival order. Scans go first while
-    the batches are few, so the walk keeps finding work for every thread."""
+    the batches are few, so the walk keeps finding work for every thread, and wait while they
+    are not, so what a rank holds is bounded by `scarce` batches and the largest directory."""
 
     def __init__(self, scarce: int = 16):
         self.dirs: list[DirUnit] = []
@@ -102,7 +103,7 @@ class LocalQueue:
     def take(self, scan: bool = True, batch: bool = True):
         """The next unit to run here, or None; no scan when `scan` is false and no batch when
         `batch` is (enough of that kind run already)."""
-        if scan and self.dirs and not (batch and len(self.batches) >= self.scarce):
+        if scan and self.dirs and len(self.batches) < self.scarce:
             return self.dirs.pop()
         if batch and self.batches:
             return self.batches.popleft()

@@ -91,3 +91,17 @@ def test_a_busy_rank_keeps_the_walk_going_and_no_reports_mean_no_local_work():
     term.report(0, Status(True))
     term.report(1, Status(False, queued=3))
     assert not term.over() and not term.over() and term.queued == 3
+
+
+def test_no_scan_runs_while_enough_batches_wait_even_when_the_batch_lanes_are_full():
+    """A rank whose upload lanes are full must not keep scanning: what the scans find would
+    queue up here until the whole tree's entries were in memory (2,000,000 empty files, two
+    ranks: 518 MiB on one of them)."""
+    q = LocalQueue(scarce=2)
+    for i in range(3):
+        q.push(DirUnit(f"d{i}"))
+    q.push(BatchUnit([], uid=1))
+    q.push(BatchUnit([], uid=2))
+    assert q.take(batch=False) is None  # the lanes are full and enough batches wait: nothing
+    assert q.take().uid == 1  # lanes free again: the batches go first
+    assert isinstance(q.take(batch=False), DirUnit)  # one batch left: scarce, so the walk goes on
