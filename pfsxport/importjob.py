@@ -25,11 +25,24 @@ from .errors import ExitCode, InputError, StateError, StoreError, TaskError
 from .fetch import FetchOptions, Importer
 from .halt import SignalWatch
 from .importmanifest import ImportManifest, manifest_dir
-from .job import _attrs, _end, _exit_code, _prefixed, _Shard, _skip_set, _store, _upload_report, linked, task_paths
+from .job import (
+    Stop,
+    _attrs,
+    _end,
+    _exit_code,
+    _prefixed,
+    _Shard,
+    _skip_set,
+    _store,
+    _upload_report,
+    fail_early,
+    linked,
+    task_paths,
+)
 from .lifecycle import TaskLifecycle, end_state
 from .metadata import S3Url, parse_s3_url, printable
 from .parallel import share_queue
-from .report import FAILURES, REPORT_CSV, REPORT_H5, ReportWriter, combine
+from .report import FAILURES, REPORT_CSV, REPORT_H5, combine
 from .share import Tally
 from .state import IMPORT_TASK_TYPE, StateDir, TaskRecord, new_task_id
 from .store import S3Store
@@ -59,9 +72,6 @@ class ImportSetup:
     legs: list[ImportLeg]
 
 
-@dataclass
-class ImportStop:
-    exit_code: ExitCode
 
 
 def import_prefixes(repository: S3Url, paths: list[str]) -> tuple[list[str], list[str]]:
@@ -150,19 +160,11 @@ def _write_names(paths: dict[str, str]) -> dict[str, str]:
             REPORT_H5: paths[REPORT_H5]}
 
 
-def _fail_early(state: StateDir, rec: TaskRecord, message: str, code: ExitCode) -> ImportStop:
-    log.error("task %s FAILED: %s", rec.task_id, message)
-    rec.fail(message)
-    state.write_last(rec)
-    try:
-        ReportWriter(state.task_dir(rec.task_id), 0).finish()
-        _write_names(combine(state.task_dir(rec.task_id), 1, _attrs(rec)))
-    except (StateError, OSError) as e:
-        log.error("no local report for task %s: %s", rec.task_id, e)
-    return ImportStop(code)
+def _failed(state: StateDir, rec: TaskRecord, message: str, code: ExitCode) -> Stop:
+    return fail_early(state, rec, message, code, _write_names)
 
 
-def _prepare(cfg: ExportConfig, state: StateDir, nranks: int) -> ImportSetup | ImportStop:
+def _prepare(cfg: ExportConfig, state: StateDir, nranks: int) -> ImportSetup | Stop:
     """Rank 0: record the task, check the paths, the repository and the report's bucket."""
     rec = TaskRecord(new_task_id(), cfg.file_system_id, list(cfg.paths), f"{cfg.report_path}",
                      str(cfg.repository) if cfg.repository else "", ranks=nranks, task_type=IMPORT_TASK_TYPE)
@@ -170,7 +172,7 @@ def _prepare(cfg: ExportConfig, state: StateDir, nranks: int) -> ImportSetup | I
         state.create(rec, own=True)
     except (TaskError, StateError) as e:
         log.error("%s", e)
-        return ImportStop(e.exit_code)
+        return Stop(e.exit_code)
     print(rec.task_id, flush=True)
     log.info("task %s (import) on %s: %s -> %s with %d rank(s)", rec.task_id, cfg.file_system_id,
              cfg.repository or "its data repository associations", cfg.fs_root, nranks)
@@ -178,9 +180,9 @@ def _prepare(cfg: ExportConfig, state: StateDir, nranks: int) -> ImportSetup | I
         legs = [ImportLeg("", cfg.fs_root, cfg.repository, *import_prefixes(cfg.repository, _as_urls(cfg)),
                           explicit=bool(cfg.paths))] if cfg.repository else mapped_legs(cfg, state)
     except InputError as e:
-        return _fail_early(state, rec, str(e), ExitCode.BAD_INPUT)
+        return _failed(state, rec, str(e), ExitCode.BAD_INPUT)
     except OSError as e:
-        return _fail_early(state, rec, f"cannot make a FileSystemPath: {e}", ExitCode.BAD_INPUT)
+        return _failed(state, rec, f"cannot make a FileSystemPath: {e}", ExitCode.BAD_INPUT)
     for leg in legs:
         store = _store(cfg, leg.repository)
         try:
@@ -188,15 +190,15 @@ def _prepare(cfg: ExportConfig, state: StateDir, nranks: int) -> ImportSetup | I
             for prefix in empty if leg.explicit else []:
                 key = prefix[:-1]
                 if key not in leg.exact or not any(o.key == key for o in store.list_page(key, "/").objects):
-                    return _fail_early(state, rec, f"path s3://{leg.repository.bucket}/{key} holds no objects",
+                    return _failed(state, rec, f"path s3://{leg.repository.bucket}/{key} holds no objects",
                                        ExitCode.BAD_INPUT)
         except StoreError as e:
-            return _fail_early(state, rec, f"cannot import from {leg.repository}: {e}", ExitCode.STORE_UNREACHABLE)
+            return _failed(state, rec, f"cannot import from {leg.repository}: {e}", ExitCode.STORE_UNREACHABLE)
     try:
         report = cfg.report_path
         _store(cfg, report).check_writable(f"{report.prefix}/" if report.prefix else "")
     except StoreError as e:
-        return _fail_early(state, rec, f"cannot write the report to {cfg.report_path}: {e}",
+        return _failed(state, rec, f"cannot write the report to {cfg.report_path}: {e}",
                            ExitCode.STORE_UNREACHABLE)
     rec.move(TaskLifecycle.EXECUTING)
     rec.start_time = time.time()
@@ -324,7 +326,7 @@ def run_import(world, cfg: ExportConfig, opts: FetchOptions, watch: SignalWatch 
     state = StateDir(cfg.state_dir)
     setup = _prepare(cfg, state, world.size) if world.rank == 0 else None
     setup = world.bcast(setup)
-    if isinstance(setup, ImportStop):
+    if isinstance(setup, Stop):
         return setup.exit_code
     stopping = _Stopping(watch, state, setup.task_id)
     monitor = None

@@ -197,7 +197,7 @@ def _prepare(cfg: ExportConfig, state: StateDir, nranks: int, fs_lock: FileLock)
     try:
         return _start(cfg, state, rec, nranks, fs_lock)
     except StateError as e:  # e.g. a corrupt manifest, or no space left for the record
-        return _fail_early(state, rec, str(e), ExitCode.STATE_UNUSABLE)
+        return fail_early(state, rec, str(e), ExitCode.STATE_UNUSABLE)
 
 
 def _start(cfg: ExportConfig, state: StateDir, rec: TaskRecord, nranks: int, fs_lock: FileLock) -> Setup | Stop:
@@ -225,7 +225,7 @@ def _start(cfg: ExportConfig, state: StateDir, rec: TaskRecord, nranks: int, fs_
         planned, outside = _plan_legs(cfg, state, rels)
         legs = [Leg(root, repo, [lstat_entry(root, p) for p in paths], prefix) for root, repo, paths, prefix in planned]
     except InputError as e:
-        return _fail_early(state, rec, str(e), ExitCode.BAD_INPUT)
+        return fail_early(state, rec, str(e), ExitCode.BAD_INPUT)
     rec.move(TaskLifecycle.EXECUTING)
     rec.start_time = time.time()
     state.write(rec)
@@ -240,7 +240,7 @@ def _start(cfg: ExportConfig, state: StateDir, rec: TaskRecord, nranks: int, fs_
             if store.bucket_lost:
                 manifest.mark_lost(store.bucket_lost)
             if len(legs) == 1:
-                return _fail_early(state, rec, f"cannot write to {leg.repository}: {e}", ExitCode.STORE_UNREACHABLE)
+                return fail_early(state, rec, f"cannot write to {leg.repository}: {e}", ExitCode.STORE_UNREACHABLE)
             log.error("cannot write to %s: %s; the entries under %s fail, the other associations go ahead",
                       leg.repository, e, leg.prefix or "/")
             leg.failed = [ReportRow(_joined(leg.prefix, r.path), r.kind.value, r.size, RowStatus.FAILED, e.code.value,
@@ -256,7 +256,7 @@ def _start(cfg: ExportConfig, state: StateDir, rec: TaskRecord, nranks: int, fs_
         log.info("store: checksum %s", "crc32 (verified by the store)" if leg.caps.crc32_verified else
                  "crc32 (sent, not verified by the store)" if leg.caps.crc32 else "none accepted")
     if all(leg.failed for leg in legs):
-        return _fail_early(state, rec, f"no data repository can be written: {legs[0].failed[0].message}",
+        return fail_early(state, rec, f"no data repository can be written: {legs[0].failed[0].message}",
                            ExitCode.STORE_UNREACHABLE)
     report = cfg.report_path
     # a bucket that took the probe takes the report too; a dry run writes its report only here
@@ -264,7 +264,7 @@ def _start(cfg: ExportConfig, state: StateDir, rec: TaskRecord, nranks: int, fs_
         try:
             _store(cfg, report).check_writable(f"{report.prefix}/" if report.prefix else "")
         except StoreError as e:
-            return _fail_early(state, rec, f"cannot write the report to {report}: {e}", ExitCode.STORE_UNREACHABLE)
+            return fail_early(state, rec, f"cannot write the report to {report}: {e}", ExitCode.STORE_UNREACHABLE)
     return Setup(rec.task_id, legs, _outside_rows(cfg, rec.task_id, outside))
 
 
@@ -302,14 +302,16 @@ def new_record(cfg: ExportConfig, nranks: int = 1) -> TaskRecord:
                       str(cfg.repository) if cfg.repository else "", ranks=nranks, dry_run=cfg.dry_run)
 
 
-def _fail_early(state: StateDir, rec: TaskRecord, message: str, code: ExitCode) -> Stop:
+def fail_early(state: StateDir, rec: TaskRecord, message: str, code: ExitCode, named=lambda paths: paths) -> Stop:
+    """Rank 0, before any rank started: the task FAILED with `message`, and its (empty) local
+    report, whose files `named` may give other names (an import's)."""
     log.error("task %s FAILED: %s", rec.task_id, message)
     rec.fail(message)
     state.write_last(rec)
     try:
         ReportWriter(state.task_dir(rec.task_id), 0).finish()
-        combine(state.task_dir(rec.task_id), 1, _attrs(rec))
-    except StateError as e:
+        named(combine(state.task_dir(rec.task_id), 1, _attrs(rec)))
+    except (StateError, OSError) as e:
         log.error("no local report for task %s: %s", rec.task_id, e)
     return Stop(code)
 

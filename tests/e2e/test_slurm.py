@@ -215,11 +215,8 @@ with open(os.path.join(ckpt, "final.dat"), "w") as f:
 """
 
 
-@pytest.mark.timeout(120, func_only=True)
-def test_checkpoint_sbatch_exports_on_the_warning_and_completes(slurm, seaweed, tmp_path):
-    """The walltime warning, delivered with `scancel --signal=USR1 --batch`: the program writes
-    its last checkpoint and stops, the checkpoint directory is exported with its report, and
-    the job ends COMPLETED."""
+def checkpoint_job(seaweed, slurm, tmp_path, **extra):
+    """An empty tree, a bucket, the jobscript's environment and the command of a checkpointing job."""
     root = tmp_path / "fs"
     os.makedirs(root)
     sim = tmp_path / "simulate.py"
@@ -227,14 +224,28 @@ def test_checkpoint_sbatch_exports_on_the_warning_and_completes(slurm, seaweed, 
     bucket = seaweed.new_bucket()
     state = tmp_path / "state"
     env = job_env(seaweed, slurm, PFSXPORT=PFSXPORT, PFSXPORT_CHECKPOINT_DIR="ckpt",
-                  PFSXPORT_EXPORT_ARGS=" ".join(export_args(root, bucket, state)))
-    job = slurm.sbatch(["--ntasks=2", "--time=5", f"--output={tmp_path}/ckpt-%j.out", CHECKPOINT,
-                        sys.executable, str(sim), str(root / "ckpt")], env=env, cwd=str(tmp_path))
+                  PFSXPORT_EXPORT_ARGS=" ".join(export_args(root, bucket, state)), **extra)
+    return root, bucket, state, env, [CHECKPOINT, sys.executable, str(sim), str(root / "ckpt")]
+
+
+def warn_once_running(slurm, job: str, root) -> None:
+    """The walltime warning by hand, once the program has started writing its checkpoints."""
     slurm.wait(job, "RUNNING", timeout=30)
     deadline = time.monotonic() + 30
     while not (root / "running").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     slurm.scancel(job, signal="USR1", batch=True)
+
+
+@pytest.mark.timeout(120, func_only=True)
+def test_checkpoint_sbatch_exports_on_the_warning_and_completes(slurm, seaweed, tmp_path):
+    """The walltime warning, delivered with `scancel --signal=USR1 --batch`: the program writes
+    its last checkpoint and stops, the checkpoint directory is exported with its report, and
+    the job ends COMPLETED."""
+    root, bucket, state, env, program = checkpoint_job(seaweed, slurm, tmp_path)
+    job = slurm.sbatch(["--ntasks=2", "--time=5", f"--output={tmp_path}/ckpt-%j.out", *program], env=env,
+                       cwd=str(tmp_path))
+    warn_once_running(slurm, job, root)
     info = slurm.wait(job, timeout=90)
     log = output(info)
     assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), explain(slurm, info)
@@ -258,16 +269,8 @@ def test_checkpoint_sbatch_restores_the_checkpoint_before_the_program_resumes(sl
     then gone (a new allocation), and the next job, with PFSXPORT_RESTORE=1, brings the
     checkpoint back from S3 before the program starts, so the program resumes from it. A
     restore that fails never starts the program."""
-    root = tmp_path / "fs"
-    os.makedirs(root)
-    sim = tmp_path / "simulate.py"
-    sim.write_text(SIMULATION)
-    bucket = seaweed.new_bucket()
-    state = tmp_path / "state"
-    env = job_env(seaweed, slurm, PFSXPORT=PFSXPORT, PFSXPORT_CHECKPOINT_DIR="ckpt",
-                  PFSXPORT_EXPORT_ARGS=" ".join(export_args(root, bucket, state)),
-                  PFSXPORT_IMPORT_ARGS=" ".join(import_args(root, bucket, state)), PFSXPORT_RESTORE="1")
-    program = [CHECKPOINT, sys.executable, str(sim), str(root / "ckpt")]
+    root, bucket, state, env, program = checkpoint_job(seaweed, slurm, tmp_path, PFSXPORT_RESTORE="1")
+    env["PFSXPORT_IMPORT_ARGS"] = " ".join(import_args(root, bucket, state))
 
     lost = seaweed.new_bucket()  # nothing was ever exported there: the restore fails, nothing runs
     failing = {**env, "PFSXPORT_IMPORT_ARGS": " ".join(import_args(root, lost, state))}
@@ -280,11 +283,7 @@ def test_checkpoint_sbatch_restores_the_checkpoint_before_the_program_resumes(sl
     env["PFSXPORT_RESTORE"] = "requeued"  # a first run has nothing to restore
     job = slurm.sbatch(["--ntasks=2", "--time=5", f"--output={tmp_path}/first-%j.out", *program], env=env,
                        cwd=str(tmp_path))
-    slurm.wait(job, "RUNNING", timeout=30)
-    deadline = time.monotonic() + 30
-    while not (root / "running").exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    slurm.scancel(job, signal="USR1", batch=True)
+    warn_once_running(slurm, job, root)
     info = slurm.wait(job, timeout=90)
     assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), explain(slurm, info)
     assert "restoring" not in output(info)
