@@ -1,8 +1,8 @@
-"""Command line: `pfsxport export`, `task create|describe|cancel`, `dra create|describe|update|delete`,
-`auto-export`, `demo`.
+"""Command line: `pfsxport export`, `verify`, `task create|describe|cancel`,
+`dra create|describe|update|delete`, `auto-export`, `demo`.
 
-Exit codes are ExitCode (see the README). Under mpiexec/srun every rank runs `export`;
-only rank 0 prints the task id, progress and errors.
+Exit codes are ExitCode (see the README). Under mpiexec/srun every rank runs `export`
+(and `verify`); only rank 0 prints the task id, progress and errors.
 """
 from __future__ import annotations
 
@@ -124,6 +124,25 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="create an export task and run it now (every MPI rank runs this)")
     _export_options(e)
     e.add_argument("--task-id", help="run this PENDING task (from `task create`) with its recorded options")
+
+    v = sub.add_parser("verify", help="compare the tree with its repository (every MPI rank runs this); exit 0 "
+                       "only when they match, 8 when they differ")
+    v.add_argument("--config", help="YAML config file (the export's: fs_root, repository, state_dir, s3.*)")
+    v.add_argument("--fs-root", help="the file-system mount (or tree) that paths are relative to")
+    v.add_argument("--repository", help="s3://BUCKET/PREFIX/ the tree was exported to (default: the file "
+                   "system's data repository associations)")
+    v.add_argument("--state-dir", help="associations, and the report's default place (default: "
+                   "$PFSXPORT_STATE_DIR or ~/.pfsxport)")
+    v.add_argument("--report-dir", help="write verify.csv and summary.json here (default: "
+                   "STATE_DIR/verify/verify-TIME-ID)")
+    v.add_argument("--contents", action="store_true",
+                   help="download every object and compare every byte (default: size and the stored CRC32)")
+    for flag in ("--endpoint-url", "--region", "--profile", "--file-system-id"):
+        v.add_argument(flag)
+    v.add_argument("--addressing-style", choices=["auto", "path", "virtual"])
+    v.add_argument("--sign-payload", choices=["auto", "always", "never"])
+    v.add_argument("--concurrency", help="objects compared at a time per rank (default 64)")
+    v.add_argument("paths", nargs="*", metavar="PATH", help="paths relative to --fs-root (default: all)")
 
     t = sub.add_parser("task", help="create, describe or cancel tasks")
     tsub = t.add_subparsers(dest="task_command", required=True)
@@ -497,6 +516,43 @@ def _run_export(args, watch) -> int:
         return ExitCode.INTERNAL
 
 
+VERIFY_FLAGS = {
+    "fs_root": "fs_root", "repository": "repository", "state_dir": "state_dir", "endpoint_url": "s3.endpoint_url",
+    "region": "s3.region", "profile": "s3.profile", "addressing_style": "s3.addressing_style",
+    "sign_payload": "s3.sign_payload", "concurrency": "transfer.concurrency", "file_system_id": "file_system_id",
+}
+
+
+def _verify(args) -> int:
+    """`pfsxport verify` on every rank: the config as export reads it, then verify.verify."""
+    from .parallel import World
+
+    world = World()
+    _setup_logging(world.rank)
+    try:
+        cli = {key: getattr(args, flag) for flag, key in VERIFY_FLAGS.items()}
+        cli["paths"] = args.paths or None
+        cfg = load(args.config, cli, need_repository=False)
+    except PfsxError as e:
+        if world.rank == 0:
+            log.error("%s", e)
+        return e.exit_code
+    from .verify import verify
+
+    try:
+        return int(verify(world, cfg, args.contents, args.report_dir))
+    except PfsxError as e:
+        log.error("%s", e)
+        if world.size > 1:
+            world.abort(e.exit_code)
+        return e.exit_code
+    except Exception:
+        log.exception("pfsxport verify crashed on rank %d of %d (%s)", world.rank, world.size, world.host)
+        if world.size > 1:
+            world.abort(ExitCode.INTERNAL)
+        return ExitCode.INTERNAL
+
+
 def _plot(args) -> int:
     """`report plot`: the picture of a task from its report.h5 in the state directory."""
     from .report import REPORT_H5
@@ -563,6 +619,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "export":
             return _export(args)
+        if args.command == "verify":
+            return _verify(args)
         _setup_logging()
         if args.command == "task":
             return _task(args)

@@ -164,6 +164,31 @@ def _plan_legs(cfg: ExportConfig, state: StateDir, rels: list[str]) -> tuple[lis
     return legs, outside
 
 
+def plan_task(cfg: ExportConfig, state: StateDir) -> tuple[list[tuple[str, S3Url, list[str], str]], list[str]]:
+    """The task's paths checked (inside the root, through no symlink, there) and split over
+    its repositories: _plan_legs of them. Raises InputError."""
+    rels = task_paths(cfg.fs_root, cfg.paths)
+    for rel in rels:
+        refuse_symlinks(cfg.fs_root, rel, "path")
+        try:
+            lstat_entry(cfg.fs_root, rel)
+        except FileNotFoundError:
+            raise InputError(f"path {rel!r} does not exist under {cfg.fs_root}") from None
+        except OSError as e:
+            raise InputError(f"path {rel!r} cannot be read: {e.strerror}") from None
+    return _plan_legs(cfg, state, rels)
+
+
+def skip_set(cfg: ExportConfig, fs_root: str) -> frozenset[str]:
+    """The state directory is never exported (nor verified) when it lies inside the tree."""
+    return _skip_set(cfg, fs_root)
+
+
+def store_for(cfg: ExportConfig, url: S3Url) -> S3Store:
+    """The store of a repository, its connection pool sized for the transfer settings."""
+    return _store(cfg, url)
+
+
 def _outside_rows(cfg: ExportConfig, task_id: str, paths: list[str]) -> list[ReportRow]:
     events = EventLog(log_path(cfg.state_dir, cfg.file_system_id), cfg.event_log_level, cfg.file_system_id)
     rows = []
@@ -213,16 +238,7 @@ def _start(cfg: ExportConfig, state: StateDir, rec: TaskRecord, nranks: int, fs_
                     "here, so the one-task-per-file-system rule does not hold between the two; use one state "
                     "directory per file system", other, cfg.fs_root)
     try:
-        rels = task_paths(cfg.fs_root, cfg.paths)
-        for rel in rels:
-            refuse_symlinks(cfg.fs_root, rel, "path")
-            try:
-                lstat_entry(cfg.fs_root, rel)
-            except FileNotFoundError:
-                raise InputError(f"path {rel!r} does not exist under {cfg.fs_root}") from None
-            except OSError as e:
-                raise InputError(f"path {rel!r} cannot be read: {e.strerror}") from None
-        planned, outside = _plan_legs(cfg, state, rels)
+        planned, outside = plan_task(cfg, state)
         legs = [Leg(root, repo, [lstat_entry(root, p) for p in paths], prefix) for root, repo, paths, prefix in planned]
     except InputError as e:
         return _fail_early(state, rec, str(e), ExitCode.BAD_INPUT)

@@ -86,6 +86,19 @@ class Capabilities:
     dir_metadata: bool = True  # keeps user metadata on keys ending in '/'
 
 
+@dataclass(frozen=True, slots=True)
+class ObjectHead:
+    """What a HEAD tells of an object: its size, ETag, stored CRC32 (base64, "" if none;
+    a multipart object's may end in -N) and checksum type, and its user metadata."""
+
+    size: int
+    etag: str
+    crc32: str
+    checksum_type: str
+    metadata: dict[str, str]
+    content_type: str
+
+
 class S3Store:
     """One bucket on one endpoint. Thread-safe: one botocore client, a pooled connection set."""
 
@@ -347,6 +360,48 @@ class S3Store:
         return {"ContentLength": int(r.headers.get("content-length", 0)), "ContentType": r.headers.get("content-type"),
                 "ETag": r.headers.get("etag", ""),
                 "Metadata": {k[11:]: v for k, v in r.headers.items() if k.startswith("x-amz-meta-")}}
+
+    # ---- reading back (verify) ----------------------------------------------------------
+
+    def head_checked(self, key: str, part: int | None = None) -> ObjectHead:
+        """HEAD with x-amz-checksum-mode ENABLED (the stored CRC32, where the store keeps
+        one), of the object or of one part of a multipart object (its ContentLength is that
+        part's). A key that is not there raises StoreError with status 404."""
+        if self.fast is None:
+            kw: dict[str, Any] = {"Key": key, "ChecksumMode": "ENABLED"}
+            if part:
+                kw["PartNumber"] = part
+            r = self._call("head_object", **kw)
+            return ObjectHead(int(r.get("ContentLength", 0)), r.get("ETag", ""), r.get("ChecksumCRC32", "") or "",
+                              r.get("ChecksumType", "") or "", r.get("Metadata", {}), r.get("ContentType", "") or "")
+        query = {"partNumber": str(part)} if part else None
+        h = self._retrying("head_object", key, lambda: self.fast.request(
+            "head_object", "HEAD", key, b"", {"x-amz-checksum-mode": "ENABLED"}, query)).headers
+        return ObjectHead(int(h.get("content-length", 0)), h.get("etag", ""), h.get("x-amz-checksum-crc32", ""),
+                          h.get("x-amz-checksum-type", ""),
+                          {k[11:]: v for k, v in h.items() if k.startswith("x-amz-meta-")}, h.get("content-type", ""))
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        """Bytes [offset, offset+length) of an object (fewer at its end)."""
+        rng = f"bytes={offset}-{offset + length - 1}"
+        if self.fast is None:
+            return self._call("get_object", Key=key, Range=rng)["Body"].read()
+        return self._retrying("get_object", key, lambda: self.fast.request(
+            "get_object", "GET", key, b"", {"range": rng})).data
+
+    def list_dir(self, prefix: str) -> tuple[dict[str, int], list[str]]:
+        """One level under `prefix` (delimiter '/'): {key: size} of the objects there, the
+        key equal to `prefix` included, and the common prefixes below it."""
+        objects: dict[str, int] = {}
+        prefixes: list[str] = []
+        kw: dict[str, Any] = {"Prefix": prefix, "Delimiter": "/"}
+        while True:
+            r = self._call("list_objects_v2", **kw)
+            objects.update((o["Key"], o["Size"]) for o in r.get("Contents", []))
+            prefixes += [p["Prefix"] for p in r.get("CommonPrefixes", [])]
+            if not r.get("IsTruncated"):
+                return objects, prefixes
+            kw["ContinuationToken"] = r["NextContinuationToken"]
 
     def delete_object(self, key: str) -> None:
         if self.fast is not None:

@@ -1,0 +1,617 @@
+"""`pfsxport verify`: compare a tree with its data repository, entry by entry, in parallel.
+
+`verify` is collective (every rank calls it). The split is deterministic, not dynamic: the
+tree is walked level by level (one allgather of the next level's directories per depth),
+and directory D belongs to rank crc32(D) % size. That rank scans D (lstat of its
+children, through walk.Root: nothing outside the root is opened, no symlink is followed),
+lists D's prefix in the bucket with the delimiter '/', and compares each child found on
+either side, many HEADs in flight on a thread pool. A directory's own object (`key/`) is
+compared by the owner of that directory (it is in that directory's listing). One huge
+directory is therefore one rank's work: the first slice's limit, said in the README.
+
+What is compared, per entry (ExportConfig's repository or the associations, as `export`):
+  - present on both sides, or `missing` (in the tree, not in the bucket) and `extra` (in
+    the bucket under the prefix, not in the tree);
+  - `content-differs`: the size, then the CRC32 the store kept from the export's
+    x-amz-checksum-crc32 (a multipart object's composite or full-object CRC32, computed
+    here from the local file with the part size the store reports for part 1), else the
+    ETag where it is an MD5 (single PUT, or MD5 of the parts' MD5s), else the size only
+    (counted as `size_only`). With `contents`, every byte is downloaded and compared;
+  - `metadata-differs`: file-permissions, file-owner, file-group, file-mtime (ns, or ms
+    from other tools) and a symlink's target. A directory object with no file-* header
+    at all is not compared (SeaweedFS keeps no metadata on keys ending in '/'): counted
+    as `dir_metadata_not_kept`.
+Entries export never writes (special files, keys that are not UTF-8 or too long) are
+`skipped`, and entries that could not be compared are `error`; neither is a difference.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import os
+import re
+import threading
+import time
+import uuid
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from enum import Enum
+
+from . import checksum
+from .config import ExportConfig
+from .errors import (
+    AccessDenied,
+    ExitCode,
+    FileChanged,
+    InputError,
+    NoSuchBucket,
+    StateError,
+    StoreError,
+    StoreUnreachable,
+    TaskError,
+    unusable,
+)
+from .job import check_repository, plan_task, skip_set, store_for
+from .metadata import SETID_BITS, S3Url, key_error, object_key, printable, read_posix_headers
+from .model import Entry, EntryKind
+from .report import csv_field
+from .walk import Root, join, lstat_entry, read_range, scan_dir, snapshot_of
+
+log = logging.getLogger("pfsxport")
+
+CHUNK = 1 << 20  # bytes read (and, with --contents, downloaded) at a time per entry
+REPORT_CSV = "verify.csv"
+SUMMARY_JSON = "summary.json"
+HEADER = "path,type,difference,reason,key\n"
+LOGGED = 20  # differences each rank also logs, the rest are in the report only
+_MD5_ETAG = re.compile(r'"?([0-9a-f]{32})(?:-(\d+))?"?')
+_ABSENT = -1  # listed size of a key the listing does not have
+_UNLISTED = -2  # no listing covers it (a task path that is a file): the HEAD decides
+
+
+class Difference(str, Enum):
+    MISSING = "missing"
+    EXTRA = "extra"
+    CONTENT = "content-differs"
+    METADATA = "metadata-differs"
+    SKIPPED = "skipped"  # export never writes this entry: not a difference
+    ERROR = "error"  # could not be compared: not a difference, but the verification is incomplete
+
+    @property
+    def differs(self) -> bool:
+        return self not in (Difference.SKIPPED, Difference.ERROR)
+
+
+@dataclass(slots=True)
+class Row:
+    path: str  # relative to the task's fs_root
+    kind: str  # the entry's type in the tree, or "object" for an extra key
+    difference: Difference
+    reason: str
+    key: str = ""
+
+    def line(self) -> str:
+        return ",".join((csv_field(printable(self.path)), self.kind, self.difference.value,
+                         csv_field(printable(self.reason)), csv_field(printable(self.key)))) + "\n"
+
+
+@dataclass(slots=True)
+class Counts:
+    compared: int = 0  # tree entries and extra keys looked at
+    matched: int = 0
+    by: dict[str, int] = field(default_factory=dict)  # Difference value -> rows
+    size_only: int = 0  # the store returned neither a CRC32 nor an MD5 ETag
+    dir_metadata_not_kept: int = 0
+    bytes_read: int = 0
+    fatal: str = ""  # the store cannot be used at all (unreachable, denied, no bucket)
+
+    def add(self, other: Counts) -> None:
+        for name in ("compared", "matched", "size_only", "dir_metadata_not_kept", "bytes_read"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for k, v in other.by.items():
+            self.by[k] = self.by.get(k, 0) + v
+        self.fatal = self.fatal or other.fatal
+
+    @property
+    def differences(self) -> int:
+        return sum(v for k, v in self.by.items() if Difference(k).differs)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What rank 0 decided: the legs (fs_root, repository, paths under it, prefix in the
+    task's tree), keys to leave out (the report prefix), and where the report goes."""
+
+    legs: list[tuple[str, S3Url, list[str], str]]
+    ignore: str  # keys under this prefix are never extra ("" none)
+    report_dir: str
+
+
+class Sink:
+    """This rank's rows: its CSV shard, its counts, and the first few differences logged."""
+
+    def __init__(self, path: str):
+        self.lock = threading.Lock()
+        self.counts = Counts()
+        self.logged = 0
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            self.file = open(path, "w", encoding="utf-8", newline="")
+        except OSError as e:
+            raise unusable(e.filename or path, e) from None
+
+    def row(self, row: Row) -> None:
+        with self.lock:
+            self.counts.compared += 1
+            self.counts.by[row.difference.value] = self.counts.by.get(row.difference.value, 0) + 1
+            self.file.write(row.line())
+            if row.difference is not Difference.SKIPPED and self.logged < LOGGED:
+                self.logged += 1
+                log.warning("%s: %s (%s)", row.difference.value, printable(row.path) or "/", row.reason)
+
+    def matched(self) -> None:
+        with self.lock:
+            self.counts.compared += 1
+            self.counts.matched += 1
+
+    def note(self, name: str, n: int = 1) -> None:
+        with self.lock:
+            setattr(self.counts, name, getattr(self.counts, name) + n)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def owner(path: str, size: int) -> int:
+    """The rank that scans and lists directory `path` (the same on every rank)."""
+    return zlib.crc32(os.fsencode(path)) % size
+
+
+def mode_text(mode: int) -> str:
+    return format(mode, "07o")
+
+
+def metadata_reasons(e: Entry, meta: dict[str, str]) -> list[str] | None:
+    """Why the object's POSIX headers do not describe entry `e` ([] when they do; None when
+    the object carries none of them)."""
+    h = read_posix_headers(meta)
+    if h is None:
+        return None
+    out = []
+    want = e.mode & ~SETID_BITS
+    if h.mode != want:
+        out.append(f"file-permissions: tree {mode_text(want)}, bucket {meta.get('file-permissions', 'none')}")
+    if h.uid != e.uid:
+        out.append(f"file-owner: tree {e.uid}, bucket {meta.get('file-owner', 'none')}")
+    if h.gid != e.gid:
+        out.append(f"file-group: tree {e.gid}, bucket {meta.get('file-group', 'none')}")
+    if h.mtime_ns is None or e.mtime_ns // h.mtime_unit * h.mtime_unit != h.mtime_ns:
+        out.append(f"file-mtime: tree {e.mtime_ns}ns, bucket {meta.get('file-mtime', 'none')}")
+    return out
+
+
+def crc_of_b64(text: str) -> tuple[int, int] | None:
+    """A stored x-amz-checksum-crc32 as (crc, parts): parts 0 for a plain one, N for `X-N`."""
+    value, _, parts = text.partition("-")
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    if len(raw) != 4:
+        return None
+    return int.from_bytes(raw, "big"), int(parts) if parts.isdigit() else 0
+
+
+def composite(crcs: list[tuple[int, int]]) -> int:
+    """S3's COMPOSITE CRC32 of a multipart object: the CRC32 of its parts' CRC32s."""
+    return zlib.crc32(b"".join(c.to_bytes(4, "big") for c, _ in crcs))
+
+
+class Checker:
+    """One leg on one rank: directory jobs (scan + listing) and entry checks (HEAD, local
+    read) on thread pools. Every outcome goes to the sink as a Row or a match."""
+
+    def __init__(self, fs_root: str, repo: S3Url, prefix: str, store, sink: Sink, *, contents: bool,
+                 concurrency: int, skip: frozenset[str], ignore: str):
+        self.root = Root(fs_root)
+        self.repo = repo
+        self.prefix = prefix
+        self.store = store
+        self.sink = sink
+        self.contents = contents
+        self.skip = skip
+        self.ignore = ignore
+        self.pool = ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="pfsxport-verify")
+        self.slots = threading.BoundedSemaphore(max(1, concurrency) * 4)  # entry checks queued at a time
+
+    # ---- rows ---------------------------------------------------------------------------
+
+    def _path(self, rel: str) -> str:
+        return f"{self.prefix}/{rel}" if self.prefix and rel else self.prefix or rel
+
+    def _row(self, rel: str, kind: str, diff: Difference, reason: str, key: str = "") -> None:
+        self.sink.row(Row(self._path(rel), kind, diff, reason, key))
+
+    def _fatal(self, err: StoreError) -> bool:
+        if isinstance(err, (StoreUnreachable, AccessDenied, NoSuchBucket)):
+            with self.sink.lock:
+                self.sink.counts.fatal = self.sink.counts.fatal or str(err)
+            return True
+        return False
+
+    # ---- directories --------------------------------------------------------------------
+
+    def listing_prefix(self, rel: str) -> str:
+        return self.repo.key(rel) + "/" if rel else self.repo.prefix
+
+    def directory(self, rel: str, entry: Entry | None) -> list[tuple[str, Entry]]:
+        """Compare directory `rel` (its own object when `entry` is given, and every child
+        on either side); returns its subdirectories in the tree."""
+        scan = scan_dir(self.root, rel, self.skip)
+        if scan.error is not None:
+            self._row(rel, "directory", Difference.ERROR, f"cannot list the directory: {scan.error.strerror}")
+            return []
+        children: list[Entry] = []
+        for piece in [scan.items, *(scan.more or [])]:
+            children += [Entry.from_stat(join(rel, os.fsdecode(name)), st) for name, st in piece]
+        listed: dict[str, int] = {}
+        below: set[str] = set()
+        prefix = self.listing_prefix(rel)
+        if self.sink.counts.fatal:
+            self._row(rel, "directory", Difference.ERROR, "not compared: the store cannot be used")
+            return []
+        if key_error(prefix) is None:  # else no key under it can exist: its entries are all skipped
+            try:
+                got, prefixes = self.store.list_dir(prefix)
+            except StoreError as err:
+                self._fatal(err)
+                self._row(rel, "directory", Difference.ERROR, f"cannot list {self.repo.bucket}/{prefix}: {err}; "
+                          "its entries were not compared")
+                return [(e.path, e) for e in children if e.kind is EntryKind.DIRECTORY]
+            listed, below = got, set(prefixes)
+        own = listed.pop(prefix, _ABSENT)
+        if entry is not None:
+            self.submit(entry, own)
+        subdirs = []
+        for e in children:
+            if e.kind is EntryKind.DIRECTORY:
+                subdirs.append((e.path, e))
+                below.discard(prefix + e.path.rpartition("/")[2] + "/")
+            else:
+                self.submit(e, listed.pop(object_key(self.repo, e), _ABSENT))
+        for key in listed:
+            self.extra(key)
+        for sub in sorted(below):
+            self._extra_tree(sub)
+        return subdirs
+
+    def extra(self, key: str) -> None:
+        if self.ignore and key.startswith(self.ignore):
+            return
+        self._row(key[len(self.repo.prefix):], "object", Difference.EXTRA, "in the bucket, not in the tree", key)
+
+    def _extra_tree(self, sub: str) -> None:
+        """A common prefix with no directory of the tree behind it: every key under it is extra."""
+        if self.ignore and sub.startswith(self.ignore):
+            return
+        try:
+            for page in self.store.list_objects(sub):
+                for key, _ in page:
+                    self.extra(key)
+        except StoreError as err:
+            self._fatal(err)
+            self._row(sub[len(self.repo.prefix):], "object", Difference.ERROR, f"cannot list {sub}: {err}", sub)
+
+    # ---- entries ------------------------------------------------------------------------
+
+    def submit(self, e: Entry, listed: int) -> None:
+        self.slots.acquire()
+
+        def run() -> None:
+            try:
+                self.entry(e, listed)
+            except Exception as err:  # a bug must fail one entry, not the verification
+                log.exception("internal error verifying %s", printable(e.path))
+                self._row(e.path, e.kind.value, Difference.ERROR, f"internal error: {type(err).__name__}: {err}")
+            finally:
+                self.slots.release()
+
+        self.pool.submit(run)
+
+    def entry(self, e: Entry, listed: int) -> None:
+        """Compare one tree entry with its object (`listed`: the size the listing gave)."""
+        key = object_key(self.repo, e)
+        if e.kind is EntryKind.SPECIAL:
+            self._row(e.path, e.kind.value, Difference.SKIPPED, "special file: export does not write it")
+            return
+        bad = key_error(key)
+        if bad is not None:
+            self._row(e.path, e.kind.value, Difference.SKIPPED, f"{bad.value}: export cannot write its key")
+            return
+        if listed == _ABSENT:
+            self._row(e.path, e.kind.value, Difference.MISSING, "in the tree, not in the bucket", key)
+            return
+        if self.sink.counts.fatal:
+            self._row(e.path, e.kind.value, Difference.ERROR, "not compared: the store cannot be used", key)
+            return
+        try:
+            head = self.store.head_checked(key)
+        except StoreError as err:
+            if err.status == 404:
+                self._row(e.path, e.kind.value, Difference.MISSING, "in the tree, not in the bucket", key)
+            else:
+                self._fatal(err)
+                self._row(e.path, e.kind.value, Difference.ERROR, f"HEAD failed: {err}", key)
+            return
+        try:
+            content, meta = self._compare(e, key, head)
+        except FileChanged as err:
+            self._row(e.path, e.kind.value, Difference.ERROR, str(err), key)
+            return
+        except OSError as err:
+            self._row(e.path, e.kind.value, Difference.ERROR, f"cannot read it: {err.strerror or err}", key)
+            return
+        except StoreError as err:
+            self._fatal(err)
+            self._row(e.path, e.kind.value, Difference.ERROR, f"cannot read the object: {err}", key)
+            return
+        if content:
+            self._row(e.path, e.kind.value, Difference.CONTENT, "; ".join(content + meta), key)
+        elif meta:
+            self._row(e.path, e.kind.value, Difference.METADATA, "; ".join(meta), key)
+        else:
+            self.sink.matched()
+
+    def _compare(self, e: Entry, key: str, head) -> tuple[list[str], list[str]]:
+        """(content reasons, metadata reasons) for entry `e` and its object."""
+        if e.kind is EntryKind.DIRECTORY:
+            meta = metadata_reasons(e, head.metadata)
+            if meta is None:
+                self.sink.note("dir_metadata_not_kept")
+                return [], []
+            return [], meta
+        if e.kind is EntryKind.SYMLINK:
+            target = self.root.readlink(e.path)
+            body = self.store.get_range(key, 0, head.size) if head.size else b""
+            meta = metadata_reasons(e, head.metadata)
+            meta = ["no POSIX metadata (x-amz-meta-file-*)"] if meta is None else meta
+            if body != target:
+                meta.append(f"symlink target: tree {os.fsdecode(target)!r}, bucket {os.fsdecode(body)!r}")
+            return [], meta
+        fd = self.root.open(e.path)
+        try:
+            st = os.fstat(fd)
+            fresh = Entry.from_stat(e.path, st)
+            meta = metadata_reasons(fresh, head.metadata)
+            meta = ["no POSIX metadata (x-amz-meta-file-*)"] if meta is None else meta
+            if fresh.kind is not EntryKind.FILE:
+                return [f"type changed while it was verified ({fresh.kind.value})"], meta
+            if head.size != fresh.size:
+                return [f"size: tree {fresh.size}, bucket {head.size}"], meta
+            content = self._bytes(fd, fresh, key) if self.contents else self._digests(fd, fresh, key, head)
+            if snapshot_of(os.fstat(fd)) != fresh.snapshot():
+                raise FileChanged("the file changed while it was verified; verify it again")
+            return content, meta
+        finally:
+            os.close(fd)
+
+    def _bytes(self, fd: int, e: Entry, key: str) -> list[str]:
+        """--contents: every byte of the object against the file."""
+        pos = 0
+        while pos < e.size:
+            n = min(CHUNK, e.size - pos)
+            local = self._read(fd, pos, n)
+            remote = self.store.get_range(key, pos, n)
+            if local != remote:
+                at = next((i for i, (a, b) in enumerate(zip(local, remote, strict=False)) if a != b),
+                          min(len(local), len(remote)))
+                return [f"bytes differ from offset {pos + at}"]
+            pos += n
+        return []
+
+    def _read(self, fd: int, offset: int, n: int) -> bytes:
+        data = read_range(fd, offset, n)
+        if len(data) != n:
+            raise FileChanged("the file shrank while it was verified; verify it again")
+        self.sink.note("bytes_read", n)
+        return data
+
+    def _digests(self, fd: int, e: Entry, key: str, head) -> list[str]:
+        """The stored CRC32 (or MD5 ETag) against the same digest of the file."""
+        stored = crc_of_b64(head.crc32) if head.crc32 else None
+        etag = _MD5_ETAG.fullmatch(head.etag or "")
+        multipart = bool((stored and stored[1]) or (etag and etag.group(2)) or head.checksum_type == "COMPOSITE")
+        if stored is None and etag is None:
+            self.sink.note("size_only")
+            return []
+        part = e.size or 1
+        if multipart:
+            try:
+                part = self.store.head_checked(key, part=1).size or part
+            except StoreError as err:
+                if self._fatal(err):
+                    raise
+                self.sink.note("size_only")
+                return []
+        crcs, md5s = self._local(fd, e.size, part, want_md5=stored is None)
+        if stored is not None:
+            full = checksum.combine_all(crcs)
+            if stored[0] in (full, composite(crcs)) if multipart else stored[0] == full:
+                return []
+            theirs = checksum.fmt(stored[0]) + (f"-{stored[1]}" if stored[1] else "")
+            return [f"CRC32: tree {checksum.fmt(full)}, bucket {theirs}"]
+        digest = hashlib.md5(b"".join(md5s)).hexdigest() + f"-{len(md5s)}" if multipart else md5s[0].hex()
+        want = etag.group(1) + (f"-{etag.group(2)}" if etag.group(2) else "")
+        return [] if digest == want else [f"MD5 (ETag): tree {digest}, bucket {want}"]
+
+    def _local(self, fd: int, size: int, part: int, want_md5: bool) -> tuple[list[tuple[int, int]], list[bytes]]:
+        """(crc32, length) and MD5 digest of each `part`-byte part of the file."""
+        crcs: list[tuple[int, int]] = []
+        md5s: list[bytes] = []
+        off = 0
+        while True:
+            n = min(part, size - off)
+            crc, h, pos = 0, hashlib.md5() if want_md5 else None, off
+            while pos < off + n:
+                chunk = self._read(fd, pos, min(CHUNK, off + n - pos))
+                crc = zlib.crc32(chunk, crc)
+                if h is not None:
+                    h.update(chunk)
+                pos += len(chunk)
+            crcs.append((crc, n))
+            md5s.append(h.digest() if h is not None else b"")
+            off += n
+            if off >= size:
+                return crcs, md5s
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+
+# ---- the collective ---------------------------------------------------------------------
+
+
+def _plan(cfg: ExportConfig, report_dir: str | None) -> Plan:
+    """Rank 0: the legs, each repository reachable, the report directory made."""
+    from .state import StateDir
+
+    check_repository(cfg)
+    planned, outside = plan_task(cfg, StateDir(cfg.state_dir))
+    if outside:
+        log.warning("%d path(s) under no data repository association are not verified (e.g. %s)", len(outside),
+                    printable(outside[0]))
+    for _, repo, _, _ in planned:
+        store_for(cfg, repo).head_bucket()
+    report = cfg.report_path
+    ignore = f"{report.prefix}/" if report and report.prefix and any(
+        repo.bucket == report.bucket and report.prefix.startswith(repo.prefix) for _, repo, _, _ in planned) else ""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    out = report_dir or os.path.join(cfg.state_dir, "verify", f"verify-{stamp}-{uuid.uuid4().hex[:6]}")
+    try:
+        os.makedirs(os.path.join(out, "shards"), exist_ok=True)
+    except OSError as e:
+        raise unusable(e.filename or out, e) from None
+    return Plan(planned, ignore, out)
+
+
+def verify(world, cfg: ExportConfig, contents: bool = False, report_dir: str | None = None) -> ExitCode:
+    """Collective: compare the task's tree with its repository on every rank of `world`;
+    rank 0 prints the summary (JSON) and writes the report. Returns the exit code: 0 when
+    everything matches, DIFFERENCES (8) when something differs, FILES_FAILED (3) when
+    some entries could not be compared (and none differ), STORE_UNREACHABLE (5) when the
+    store could not be used at all."""
+    t0 = time.monotonic()
+    plan: Plan | ExitCode
+    if world.rank == 0:
+        try:
+            plan = _plan(cfg, report_dir)
+        except (InputError, TaskError, StateError, StoreError) as e:
+            log.error("%s", e)
+            plan = e.exit_code
+        except Exception:  # noqa: BLE001 - every rank must leave the bcast below
+            log.exception("verify could not start")
+            plan = ExitCode.INTERNAL
+    else:
+        plan = None
+    plan = world.bcast(plan)
+    if not isinstance(plan, Plan):
+        return ExitCode(plan)
+    shard = os.path.join(plan.report_dir, "shards", f"rank-{world.rank:05d}.csv")
+    fault = ""
+    try:
+        sink = Sink(shard)
+    except StateError as e:
+        sink, fault = None, str(e)
+    if sink is not None:
+        for fs_root, repo, paths, prefix in plan.legs:
+            _verify_leg(world, cfg, sink, fs_root, repo, paths, prefix, contents, plan.ignore)
+        sink.close()
+    ends = world.allgather((sink.counts if sink else Counts(), fault))
+    code = ExitCode.SUCCEEDED
+    if world.rank == 0:
+        code = _finish(plan, ends, world.size, time.monotonic() - t0)
+    return ExitCode(world.bcast(code))
+
+
+def _verify_leg(world, cfg: ExportConfig, sink: Sink, fs_root: str, repo: S3Url, paths: list[str], prefix: str,
+                contents: bool, ignore: str) -> None:
+    """Collective: one repository's share of the verification, level by level."""
+    checker = Checker(fs_root, repo, prefix, store_for(cfg, repo), sink, contents=contents,
+                      concurrency=cfg.transfer.concurrency, skip=skip_set(cfg, fs_root), ignore=ignore)
+    level: list[tuple[str, Entry | None]] = []
+    if world.rank == 0:
+        for p in paths:
+            e = lstat_entry(fs_root, p) if p else None
+            if e is None or e.kind is EntryKind.DIRECTORY:
+                level.append((p, e))
+            else:
+                checker.submit(e, _UNLISTED)
+    level = world.bcast(level)
+    walkers = ThreadPoolExecutor(8, thread_name_prefix="pfsxport-verify-dir")
+    try:
+        while level:
+            mine = [(p, e) for p, e in level if owner(p, world.size) == world.rank]
+            found = [d for sub in walkers.map(lambda item: checker.directory(*item), mine) for d in sub]
+            level = sorted(d for part in world.allgather(found) for d in part) if world.size > 1 else sorted(found)
+    finally:
+        walkers.shutdown(wait=True)
+        checker.close()
+
+
+def _finish(plan: Plan, ends: list[tuple[Counts, str]], nranks: int, seconds: float) -> ExitCode:
+    """Rank 0: the shards joined into verify.csv, the summary written and printed."""
+    total = Counts()
+    for c, _ in ends:
+        total.add(c)
+    faults = [f for _, f in ends if f]
+    path = os.path.join(plan.report_dir, REPORT_CSV)
+    try:
+        with open(path, "w", encoding="utf-8", newline="") as out:
+            out.write(HEADER)
+            for rank in range(nranks):
+                shard = os.path.join(plan.report_dir, "shards", f"rank-{rank:05d}.csv")
+                if os.path.exists(shard):
+                    with open(shard, encoding="utf-8", newline="") as f:
+                        while block := f.read(1 << 20):
+                            out.write(block)
+                    os.unlink(shard)
+    except OSError as e:
+        faults.append(str(unusable(e.filename or path, e)))
+    by = {d.value: total.by.get(d.value, 0) for d in Difference}
+    if total.fatal:
+        result, code = "INCOMPLETE", ExitCode.STORE_UNREACHABLE
+    elif faults:
+        result, code = "INCOMPLETE", ExitCode.STATE_UNUSABLE
+    elif total.differences:
+        result, code = "DIFFERENT", ExitCode.DIFFERENCES
+    elif by[Difference.ERROR.value]:
+        result, code = "INCOMPLETE", ExitCode.FILES_FAILED
+    else:
+        result, code = "MATCH", ExitCode.SUCCEEDED
+    summary = {"Result": result, "Compared": total.compared, "Matched": total.matched,
+               "Missing": by["missing"], "Extra": by["extra"], "ContentDiffers": by["content-differs"],
+               "MetadataDiffers": by["metadata-differs"], "Skipped": by["skipped"], "Errors": by["error"],
+               "SizeOnly": total.size_only, "DirectoryMetadataNotKept": total.dir_metadata_not_kept,
+               "BytesRead": total.bytes_read, "Ranks": nranks, "Seconds": round(seconds, 3), "Report": path}
+    if total.fatal:
+        summary["FailureMessage"] = total.fatal[:500]
+        log.error("the store could not be used: %s", total.fatal)
+    for f in faults:
+        log.error("%s", f)
+    try:
+        with open(os.path.join(plan.report_dir, SUMMARY_JSON), "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=4)
+    except OSError:
+        pass
+    log.info("verify %s: %d compared, %d matched, %d missing, %d extra, %d content-differs, %d metadata-differs, "
+             "%d skipped, %d errors in %.1f s", result, total.compared, total.matched, by["missing"], by["extra"],
+             by["content-differs"], by["metadata-differs"], by["skipped"], by["error"], seconds)
+    if total.size_only:
+        log.warning("%d file(s) compared by size only: the store returned neither a CRC32 nor an MD5 ETag "
+                    "(use --contents to compare their bytes)", total.size_only)
+    print(json.dumps({"Verify": summary}, indent=4, ensure_ascii=True), flush=True)
+    return code
