@@ -524,7 +524,15 @@ VERIFY_FLAGS = {
 
 
 def _verify(args) -> int:
-    """`pfsxport verify` on every rank: the config as export reads it, then verify.verify."""
+    """`pfsxport verify` on every rank: the config as export reads it, then verify.verify.
+    SIGTERM and SIGINT stop it (exit 4)."""
+    from .halt import SignalWatch
+
+    with SignalWatch() as watch:
+        return _run_verify(args, watch)
+
+
+def _run_verify(args, watch) -> int:
     from .parallel import World
 
     world = World()
@@ -540,7 +548,7 @@ def _verify(args) -> int:
     from .verify import verify
 
     try:
-        return int(verify(world, cfg, args.contents, args.report_dir))
+        return int(verify(world, cfg, args.contents, args.report_dir, watch))
     except PfsxError as e:
         log.error("%s", e)
         if world.size > 1:

@@ -23,6 +23,8 @@ What is compared, per entry (ExportConfig's repository or the associations, as `
     as `dir_metadata_not_kept`.
 Entries export never writes (special files, keys that are not UTF-8 or too long) are
 `skipped`, and entries that could not be compared are `error`; neither is a difference.
+SIGTERM or SIGINT (halt.SignalWatch) stops it: nothing more is started, the report holds
+what was compared, and the exit code is CANCELED.
 """
 from __future__ import annotations
 
@@ -55,6 +57,7 @@ from .errors import (
     TaskError,
     unusable,
 )
+from .halt import Halt, SignalWatch
 from .job import check_repository, plan_task, skip_set, store_for
 from .metadata import SETID_BITS, S3Url, key_error, object_key, printable, read_posix_headers
 from .model import Entry, EntryKind
@@ -63,6 +66,7 @@ from .walk import Root, join, lstat_entry, read_range, scan_dir, snapshot_of
 
 log = logging.getLogger("pfsxport")
 
+TEST_DELAY = float(os.environ.get("PFSXPORT_TEST_ENTRY_DELAY", "0") or 0)  # seconds per entry, for the tests
 CHUNK = 1 << 20  # bytes read (and, with --contents, downloaded) at a time per entry
 REPORT_CSV = "verify.csv"
 SUMMARY_JSON = "summary.json"
@@ -108,6 +112,7 @@ class Counts:
     dir_metadata_not_kept: int = 0
     bytes_read: int = 0
     fatal: str = ""  # the store cannot be used at all (unreachable, denied, no bucket)
+    canceled: str = ""  # the signal that stopped it
 
     def add(self, other: Counts) -> None:
         for name in ("compared", "matched", "size_only", "dir_metadata_not_kept", "bytes_read"):
@@ -115,6 +120,7 @@ class Counts:
         for k, v in other.by.items():
             self.by[k] = self.by.get(k, 0) + v
         self.fatal = self.fatal or other.fatal
+        self.canceled = self.canceled or other.canceled
 
     @property
     def differences(self) -> int:
@@ -216,7 +222,8 @@ class Checker:
     read) on thread pools. Every outcome goes to the sink as a Row or a match."""
 
     def __init__(self, fs_root: str, repo: S3Url, prefix: str, store, sink: Sink, *, contents: bool,
-                 concurrency: int, skip: frozenset[str], ignore: str):
+                 concurrency: int, skip: frozenset[str], ignore: str, watch: SignalWatch | None = None):
+        self.watch = watch or SignalWatch()
         self.root = Root(fs_root)
         self.repo = repo
         self.prefix = prefix
@@ -236,6 +243,12 @@ class Checker:
     def _row(self, rel: str, kind: str, diff: Difference, reason: str, key: str = "") -> None:
         self.sink.row(Row(self._path(rel), kind, diff, reason, key))
 
+    def stopped(self) -> bool:
+        """A signal came (nothing more is started), or the store cannot be used."""
+        if self.watch.level() is not Halt.NONE:
+            self.sink.counts.canceled = self.sink.counts.canceled or self.watch.reason or "a signal"
+        return bool(self.sink.counts.canceled or self.sink.counts.fatal)
+
     def _fatal(self, err: StoreError) -> bool:
         if isinstance(err, (StoreUnreachable, AccessDenied, NoSuchBucket)):
             with self.sink.lock:
@@ -251,6 +264,8 @@ class Checker:
     def directory(self, rel: str, entry: Entry | None) -> list[tuple[str, Entry]]:
         """Compare directory `rel` (its own object when `entry` is given, and every child
         on either side); returns its subdirectories in the tree."""
+        if self.stopped():
+            return []
         scan = scan_dir(self.root, rel, self.skip)
         if scan.error is not None:
             self._row(rel, "directory", Difference.ERROR, f"cannot list the directory: {scan.error.strerror}")
@@ -261,9 +276,6 @@ class Checker:
         listed: dict[str, int] = {}
         below: set[str] = set()
         prefix = self.listing_prefix(rel)
-        if self.sink.counts.fatal:
-            self._row(rel, "directory", Difference.ERROR, "not compared: the store cannot be used")
-            return []
         if key_error(prefix) is None:  # else no key under it can exist: its entries are all skipped
             try:
                 got, prefixes = self.store.list_dir(prefix)
@@ -313,7 +325,10 @@ class Checker:
 
         def run() -> None:
             try:
-                self.entry(e, listed)
+                if TEST_DELAY:
+                    time.sleep(TEST_DELAY)
+                if not self.stopped():
+                    self.entry(e, listed)
             except Exception as err:  # a bug must fail one entry, not the verification
                 log.exception("internal error verifying %s", printable(e.path))
                 self._row(e.path, e.kind.value, Difference.ERROR, f"internal error: {type(err).__name__}: {err}")
@@ -334,9 +349,6 @@ class Checker:
             return
         if listed == _ABSENT:
             self._row(e.path, e.kind.value, Difference.MISSING, "in the tree, not in the bucket", key)
-            return
-        if self.sink.counts.fatal:
-            self._row(e.path, e.kind.value, Difference.ERROR, "not compared: the store cannot be used", key)
             return
         try:
             head = self.store.head_checked(key)
@@ -498,12 +510,13 @@ def _plan(cfg: ExportConfig, report_dir: str | None) -> Plan:
     return Plan(planned, ignore, out)
 
 
-def verify(world, cfg: ExportConfig, contents: bool = False, report_dir: str | None = None) -> ExitCode:
+def verify(world, cfg: ExportConfig, contents: bool = False, report_dir: str | None = None,
+           watch: SignalWatch | None = None) -> ExitCode:
     """Collective: compare the task's tree with its repository on every rank of `world`;
     rank 0 prints the summary (JSON) and writes the report. Returns the exit code: 0 when
     everything matches, DIFFERENCES (8) when something differs, FILES_FAILED (3) when
     some entries could not be compared (and none differ), STORE_UNREACHABLE (5) when the
-    store could not be used at all."""
+    store could not be used at all, CANCELED (4) after SIGTERM or SIGINT."""
     t0 = time.monotonic()
     plan: Plan | ExitCode
     if world.rank == 0:
@@ -528,7 +541,7 @@ def verify(world, cfg: ExportConfig, contents: bool = False, report_dir: str | N
         sink, fault = None, str(e)
     if sink is not None:
         for fs_root, repo, paths, prefix in plan.legs:
-            _verify_leg(world, cfg, sink, fs_root, repo, paths, prefix, contents, plan.ignore)
+            _verify_leg(world, cfg, sink, fs_root, repo, paths, prefix, contents, plan.ignore, watch)
         sink.close()
     ends = world.allgather((sink.counts if sink else Counts(), fault))
     code = ExitCode.SUCCEEDED
@@ -538,10 +551,11 @@ def verify(world, cfg: ExportConfig, contents: bool = False, report_dir: str | N
 
 
 def _verify_leg(world, cfg: ExportConfig, sink: Sink, fs_root: str, repo: S3Url, paths: list[str], prefix: str,
-                contents: bool, ignore: str) -> None:
-    """Collective: one repository's share of the verification, level by level."""
+                contents: bool, ignore: str, watch: SignalWatch | None) -> None:
+    """Collective: one repository's share of the verification, level by level; a rank that
+    stops (a signal, a store that cannot be used) stops every rank at the next level."""
     checker = Checker(fs_root, repo, prefix, store_for(cfg, repo), sink, contents=contents,
-                      concurrency=cfg.transfer.concurrency, skip=skip_set(cfg, fs_root), ignore=ignore)
+                      concurrency=cfg.transfer.concurrency, skip=skip_set(cfg, fs_root), ignore=ignore, watch=watch)
     level: list[tuple[str, Entry | None]] = []
     if world.rank == 0:
         for p in paths:
@@ -556,7 +570,8 @@ def _verify_leg(world, cfg: ExportConfig, sink: Sink, fs_root: str, repo: S3Url,
         while level:
             mine = [(p, e) for p, e in level if owner(p, world.size) == world.rank]
             found = [d for sub in walkers.map(lambda item: checker.directory(*item), mine) for d in sub]
-            level = sorted(d for part in world.allgather(found) for d in part) if world.size > 1 else sorted(found)
+            ends = world.allgather((found, checker.stopped()))
+            level = [] if any(stop for _, stop in ends) else sorted(d for part, _ in ends for d in part)
     finally:
         walkers.shutdown(wait=True)
         checker.close()
@@ -582,7 +597,9 @@ def _finish(plan: Plan, ends: list[tuple[Counts, str]], nranks: int, seconds: fl
     except OSError as e:
         faults.append(str(unusable(e.filename or path, e)))
     by = {d.value: total.by.get(d.value, 0) for d in Difference}
-    if total.fatal:
+    if total.canceled:
+        result, code = "CANCELED", ExitCode.CANCELED
+    elif total.fatal:
         result, code = "INCOMPLETE", ExitCode.STORE_UNREACHABLE
     elif faults:
         result, code = "INCOMPLETE", ExitCode.STATE_UNUSABLE
@@ -597,7 +614,10 @@ def _finish(plan: Plan, ends: list[tuple[Counts, str]], nranks: int, seconds: fl
                "MetadataDiffers": by["metadata-differs"], "Skipped": by["skipped"], "Errors": by["error"],
                "SizeOnly": total.size_only, "DirectoryMetadataNotKept": total.dir_metadata_not_kept,
                "BytesRead": total.bytes_read, "Ranks": nranks, "Seconds": round(seconds, 3), "Report": path}
-    if total.fatal:
+    if total.canceled:
+        summary["FailureMessage"] = f"canceled by {total.canceled}: the report holds what was compared"
+        log.error("verify canceled by %s: not every entry was compared", total.canceled)
+    elif total.fatal:
         summary["FailureMessage"] = total.fatal[:500]
         log.error("the store could not be used: %s", total.fatal)
     for f in faults:

@@ -9,8 +9,10 @@ import csv
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import MPIEXEC, run_export
@@ -248,3 +250,21 @@ def test_moto_checks_md5_etags_and_composite_crc(moto, tmp_path):
         r = run_verify(moto, args)
     assert r.returncode == 8, r.stderr
     assert differences(str(tmp_path / "report")) == [("big", "content-differs"), ("d/small", "content-differs")]
+
+
+@pytest.mark.parametrize("ranks,sig", [(2, signal.SIGTERM), (None, signal.SIGINT)], ids=["SIGTERM-mpiexec",
+                                                                                       "Ctrl-C-single"])
+def test_a_signal_stops_verify(seaweed, exported, tmp_path, ranks, sig):
+    """Nothing more is started after the signal: the summary says CANCELED and the code is 4."""
+    args, report = _verify_args(exported, tmp_path, "--concurrency", "1")
+    base = [sys.executable, "-m", "pfsxport", "verify"] + args
+    cmd = base if ranks is None else [MPIEXEC, "-n", str(ranks)] + base
+    env = {**os.environ, **seaweed.env(), "PFSXPORT_TEST_ENTRY_DELAY": "0.5"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(4)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 4, err
+    s = json.loads(out[out.find("{"):])["Verify"]
+    assert s["Result"] == "CANCELED" and s["Compared"] < 40, s
+    assert os.path.exists(os.path.join(report, "verify.csv"))
