@@ -137,6 +137,10 @@ def _parser() -> argparse.ArgumentParser:
                    "STATE_DIR/verify/verify-TIME-ID)")
     v.add_argument("--contents", action="store_true",
                    help="download every object and compare every byte (default: size and the stored CRC32)")
+    v.add_argument("--quick", action="store_true",
+                   help="an entry unchanged since its export (its lstat is the manifest's record) whose object is "
+                        "listed with its size matches without a HEAD or a read: a listing-only check of an "
+                        "unchanged tree, which trusts that nobody rewrote its objects in the bucket")
     for flag in ("--endpoint-url", "--region", "--profile", "--file-system-id"):
         v.add_argument(flag)
     v.add_argument("--addressing-style", choices=["auto", "path", "virtual"])
@@ -548,7 +552,7 @@ def _run_verify(args, watch) -> int:
     from .verify import verify
 
     try:
-        return int(verify(world, cfg, args.contents, args.report_dir, watch))
+        return int(verify(world, cfg, args.contents, args.report_dir, watch, args.quick))
     except PfsxError as e:
         log.error("%s", e)
         if world.size > 1:

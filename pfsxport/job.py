@@ -189,6 +189,11 @@ def store_for(cfg: ExportConfig, url: S3Url) -> S3Store:
     return _store(cfg, url)
 
 
+def manifest_for(cfg: ExportConfig, url: S3Url) -> Manifest:
+    """The manifest of what export recorded for one repository of this file system."""
+    return _manifest(cfg, url)
+
+
 def _outside_rows(cfg: ExportConfig, task_id: str, paths: list[str]) -> list[ReportRow]:
     events = EventLog(log_path(cfg.state_dir, cfg.file_system_id), cfg.event_log_level, cfg.file_system_id)
     rows = []

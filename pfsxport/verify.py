@@ -21,6 +21,11 @@ What is compared, per entry (ExportConfig's repository or the associations, as `
     from other tools) and a symlink's target. A directory object with no file-* header
     at all is not compared (SeaweedFS keeps no metadata on keys ending in '/'): counted
     as `dir_metadata_not_kept`.
+With `quick`, an entry whose lstat is the one the manifest recorded at its export (size,
+mtime, ctime, mode, owner, group, inode) and whose object is listed with its size is a
+match without a HEAD or a local read (counted as `trusted`): export wrote that object's
+headers and bytes from that very state. It trusts that nobody rewrote the object in the
+bucket since with the same size; any other entry is compared as above.
 Entries export never writes (special files, keys that are not UTF-8 or too long) are
 `skipped`, and entries that could not be compared are `error`; neither is a difference.
 SIGTERM or SIGINT (halt.SignalWatch) stops it: nothing more is started, the report holds
@@ -58,7 +63,7 @@ from .errors import (
     unusable,
 )
 from .halt import Halt, SignalWatch
-from .job import check_repository, plan_task, skip_set, store_for
+from .job import check_repository, manifest_for, plan_task, skip_set, store_for
 from .metadata import SETID_BITS, S3Url, key_error, object_key, printable, read_posix_headers
 from .model import Entry, EntryKind
 from .report import csv_field
@@ -111,11 +116,12 @@ class Counts:
     size_only: int = 0  # the store returned neither a CRC32 nor an MD5 ETag
     dir_metadata_not_kept: int = 0
     bytes_read: int = 0
+    trusted: int = 0  # quick: matched by the manifest's record and the listing alone
     fatal: str = ""  # the store cannot be used at all (unreachable, denied, no bucket)
     canceled: str = ""  # the signal that stopped it
 
     def add(self, other: Counts) -> None:
-        for name in ("compared", "matched", "size_only", "dir_metadata_not_kept", "bytes_read"):
+        for name in ("compared", "matched", "size_only", "dir_metadata_not_kept", "bytes_read", "trusted"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for k, v in other.by.items():
             self.by[k] = self.by.get(k, 0) + v
@@ -159,10 +165,11 @@ class Sink:
                 self.logged += 1
                 log.warning("%s: %s (%s)", row.difference.value, printable(row.path) or "/", row.reason)
 
-    def matched(self) -> None:
+    def matched(self, trusted: bool = False) -> None:
         with self.lock:
             self.counts.compared += 1
             self.counts.matched += 1
+            self.counts.trusted += trusted
 
     def note(self, name: str, n: int = 1) -> None:
         with self.lock:
@@ -222,8 +229,10 @@ class Checker:
     read) on thread pools. Every outcome goes to the sink as a Row or a match."""
 
     def __init__(self, fs_root: str, repo: S3Url, prefix: str, store, sink: Sink, *, contents: bool,
-                 concurrency: int, skip: frozenset[str], ignore: str, watch: SignalWatch | None = None):
+                 concurrency: int, skip: frozenset[str], ignore: str, watch: SignalWatch | None = None,
+                 manifest=None):
         self.watch = watch or SignalWatch()
+        self.manifest = manifest  # quick: a manifest.Reader
         self.root = Root(fs_root)
         self.repo = repo
         self.prefix = prefix
@@ -261,9 +270,10 @@ class Checker:
     def listing_prefix(self, rel: str) -> str:
         return self.repo.key(rel) + "/" if rel else self.repo.prefix
 
-    def directory(self, rel: str, entry: Entry | None) -> list[tuple[str, Entry]]:
+    def directory(self, rel: str, entry: Entry | None, trusted: bool = False) -> list[tuple[str, Entry | None, bool]]:
         """Compare directory `rel` (its own object when `entry` is given, and every child
-        on either side); returns its subdirectories in the tree."""
+        on either side); returns its subdirectories in the tree. `trusted`: its lstat is
+        the manifest's record (quick)."""
         if self.stopped():
             return []
         scan = scan_dir(self.root, rel, self.skip)
@@ -283,18 +293,28 @@ class Checker:
                 self._fatal(err)
                 self._row(rel, "directory", Difference.ERROR, f"cannot list {self.repo.bucket}/{prefix}: {err}; "
                           "its entries were not compared")
-                return [(e.path, e) for e in children if e.kind is EntryKind.DIRECTORY]
+                return [(e.path, e, False) for e in children if e.kind is EntryKind.DIRECTORY]
             listed, below = got, set(prefixes)
         own = listed.pop(prefix, _ABSENT)
         if entry is not None:
-            self.submit(entry, own)
+            if trusted and own == 0:
+                self.sink.matched(trusted=True)
+            else:
+                self.submit(entry, own)
+        recs = self.manifest.directory(rel) if self.manifest is not None and children else {}
         subdirs = []
         for e in children:
+            known = recs.get(os.fsencode(e.path.rpartition("/")[2]))
+            same = known is not None and tuple(known) == e.rec()
             if e.kind is EntryKind.DIRECTORY:
-                subdirs.append((e.path, e))
+                subdirs.append((e.path, e, same))
                 below.discard(prefix + e.path.rpartition("/")[2] + "/")
+                continue
+            size = listed.pop(object_key(self.repo, e), _ABSENT)
+            if same and size == e.size and e.kind is not EntryKind.SPECIAL:
+                self.sink.matched(trusted=True)
             else:
-                self.submit(e, listed.pop(object_key(self.repo, e), _ABSENT))
+                self.submit(e, size)
         for key in listed:
             self.extra(key)
         for sub in sorted(below):
@@ -511,7 +531,7 @@ def _plan(cfg: ExportConfig, report_dir: str | None) -> Plan:
 
 
 def verify(world, cfg: ExportConfig, contents: bool = False, report_dir: str | None = None,
-           watch: SignalWatch | None = None) -> ExitCode:
+           watch: SignalWatch | None = None, quick: bool = False) -> ExitCode:
     """Collective: compare the task's tree with its repository on every rank of `world`;
     rank 0 prints the summary (JSON) and writes the report. Returns the exit code: 0 when
     everything matches, DIFFERENCES (8) when something differs, FILES_FAILED (3) when
@@ -541,7 +561,7 @@ def verify(world, cfg: ExportConfig, contents: bool = False, report_dir: str | N
         sink, fault = None, str(e)
     if sink is not None:
         for fs_root, repo, paths, prefix in plan.legs:
-            _verify_leg(world, cfg, sink, fs_root, repo, paths, prefix, contents, plan.ignore, watch)
+            _verify_leg(world, cfg, sink, fs_root, repo, paths, prefix, contents, plan.ignore, watch, quick)
         sink.close()
     ends = world.allgather((sink.counts if sink else Counts(), fault))
     code = ExitCode.SUCCEEDED
@@ -551,30 +571,34 @@ def verify(world, cfg: ExportConfig, contents: bool = False, report_dir: str | N
 
 
 def _verify_leg(world, cfg: ExportConfig, sink: Sink, fs_root: str, repo: S3Url, paths: list[str], prefix: str,
-                contents: bool, ignore: str, watch: SignalWatch | None) -> None:
+                contents: bool, ignore: str, watch: SignalWatch | None, quick: bool = False) -> None:
     """Collective: one repository's share of the verification, level by level; a rank that
     stops (a signal, a store that cannot be used) stops every rank at the next level."""
+    reader = manifest_for(cfg, repo).reader() if quick and not contents else None
     checker = Checker(fs_root, repo, prefix, store_for(cfg, repo), sink, contents=contents,
-                      concurrency=cfg.transfer.concurrency, skip=skip_set(cfg, fs_root), ignore=ignore, watch=watch)
-    level: list[tuple[str, Entry | None]] = []
+                      concurrency=cfg.transfer.concurrency, skip=skip_set(cfg, fs_root), ignore=ignore, watch=watch,
+                      manifest=reader)
+    level: list[tuple[str, Entry | None, bool]] = []
     if world.rank == 0:
         for p in paths:
             e = lstat_entry(fs_root, p) if p else None
             if e is None or e.kind is EntryKind.DIRECTORY:
-                level.append((p, e))
+                level.append((p, e, False))
             else:
                 checker.submit(e, _UNLISTED)
     level = world.bcast(level)
     walkers = ThreadPoolExecutor(8, thread_name_prefix="pfsxport-verify-dir")
     try:
         while level:
-            mine = [(p, e) for p, e in level if owner(p, world.size) == world.rank]
+            mine = [item for item in level if owner(item[0], world.size) == world.rank]
             found = [d for sub in walkers.map(lambda item: checker.directory(*item), mine) for d in sub]
             ends = world.allgather((found, checker.stopped()))
             level = [] if any(stop for _, stop in ends) else sorted(d for part, _ in ends for d in part)
     finally:
         walkers.shutdown(wait=True)
         checker.close()
+        if reader is not None:
+            reader.close()
 
 
 def _finish(plan: Plan, ends: list[tuple[Counts, str]], nranks: int, seconds: float) -> ExitCode:
@@ -613,7 +637,8 @@ def _finish(plan: Plan, ends: list[tuple[Counts, str]], nranks: int, seconds: fl
                "Missing": by["missing"], "Extra": by["extra"], "ContentDiffers": by["content-differs"],
                "MetadataDiffers": by["metadata-differs"], "Skipped": by["skipped"], "Errors": by["error"],
                "SizeOnly": total.size_only, "DirectoryMetadataNotKept": total.dir_metadata_not_kept,
-               "BytesRead": total.bytes_read, "Ranks": nranks, "Seconds": round(seconds, 3), "Report": path}
+               "BytesRead": total.bytes_read, "Trusted": total.trusted, "Ranks": nranks,
+               "Seconds": round(seconds, 3), "Report": path}
     if total.canceled:
         summary["FailureMessage"] = f"canceled by {total.canceled}: the report holds what was compared"
         log.error("verify canceled by %s: not every entry was compared", total.canceled)
