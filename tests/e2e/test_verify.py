@@ -286,3 +286,44 @@ def test_quick_trusts_only_what_the_manifest_recorded(seaweed, exported, tmp_pat
         r = run_verify(seaweed, args, 2)
     assert r.returncode == 8, r.stderr
     assert differences(report) == [(path, kind)], r.stderr
+
+
+def test_verify_maps_paths_through_associations(seaweed, tmp_path):
+    """Without --repository verify reads the associations as export does; rows name
+    file-system paths, and entries under no association are not compared."""
+    root, state = tmp_path / "fs", tmp_path / "st"
+    for d in ("results/run1", "scratch/keep/sub", "home"):
+        os.makedirs(root / d)
+    for f in ("results/run1/a", "results/top", "scratch/keep/sub/k", "home/h"):
+        (root / f).write_bytes(f.encode())
+    bucket = seaweed.new_bucket()
+    env = seaweed.env()
+    for fs_path, repo in (("/results", f"s3://{bucket}/res/"), ("/scratch/keep", f"s3://{bucket}/keep/")):
+        r = subprocess.run([sys.executable, "-m", "pfsxport", "dra", "create", "--fs-root", str(root), "--state-dir",
+                            str(state), "--file-system-path", fs_path, "--data-repository-path", repo],
+                           env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+    r = run_export(seaweed, ["--fs-root", str(root), "--state-dir", str(state), "--progress", "off"])
+    assert r.returncode == 0, r.stderr
+    report = str(tmp_path / "report")
+    args = ["--fs-root", str(root), "--state-dir", str(state), "--report-dir", report]
+    r = run_verify(seaweed, args, 2)
+    assert r.returncode == 0, r.stderr
+    assert summary(r)["Compared"] == 5  # a, top, k, and the directories run1/ and sub/
+    c = seaweed.client()
+    with _delete_object(c, bucket, "res/run1/a"), _flip_byte(str(root), "scratch/keep/sub/k", 2):
+        r = run_verify(seaweed, args, 2)
+    assert r.returncode == 8, r.stderr
+    assert differences(report) == [("results/run1/a", "missing"), ("scratch/keep/sub/k", "content-differs")]
+
+
+def test_a_path_through_a_symlink_and_an_unwritable_report(seaweed, exported, tmp_path):
+    args, _ = _verify_args(exported, tmp_path, "links/to-dir/inside.txt")
+    r = run_verify(seaweed, args)
+    assert r.returncode == 2 and "goes through the symlink" in r.stderr, r.stderr
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    args, _ = _verify_args(exported, tmp_path)
+    args[args.index("--report-dir") + 1] = str(blocker / "report")
+    r = run_verify(seaweed, args, 2)
+    assert r.returncode == 7 and "StateDirectoryUnusable" in r.stderr, r.stderr

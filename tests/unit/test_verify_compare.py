@@ -67,3 +67,68 @@ def test_row_line_quotes_names():
     line = Row("a,b\nc", "file", Difference.MISSING, "in the tree, not in the bucket", "p/a,b\nc").line()
     assert line == '"a,b\nc",file,missing,"in the tree, not in the bucket","p/a,b\nc"\n'
     assert Difference.SKIPPED.differs is False and Difference.EXTRA.differs
+
+
+class _FakeStore:
+    """One object, as a store would describe it (unit test only: the e2e tests use real servers)."""
+
+    def __init__(self, body: bytes, part: int, etag: str, crc: str = "", kind: str = ""):
+        self.body, self.part, self.etag, self.crc, self.kind = body, part, etag, crc, kind
+
+    def head_checked(self, key, part=None):
+        from pfsxport.store import ObjectHead
+
+        size = min(self.part, len(self.body)) if part else len(self.body)
+        return ObjectHead(size, self.etag, self.crc, self.kind, {}, "")
+
+    def get_range(self, key, offset, length):
+        return self.body[offset:offset + length]
+
+
+def _check(tmp_path, store, local: bytes) -> tuple[list[str], int]:
+    import os
+
+    from pfsxport.metadata import S3Url
+    from pfsxport.verify import Checker, Sink
+
+    (tmp_path / "f").write_bytes(local)
+    sink = Sink(str(tmp_path / "shard.csv"))
+    c = Checker(str(tmp_path), S3Url("bucket", "p/"), "", store, sink, contents=False, concurrency=1,
+                skip=frozenset(), ignore="")
+    try:
+        fd = c.root.open("f")
+        try:
+            e = Entry.from_stat("f", os.fstat(fd))
+            return c._digests(fd, e, "p/f", store.head_checked("p/f")), sink.counts.size_only
+        finally:
+            os.close(fd)
+    finally:
+        c.close()
+        sink.close()
+
+
+def test_digests_by_md5_etags_single_and_multipart(tmp_path):
+    import hashlib
+
+    body = bytes(range(256)) * 100
+    parts = [body[i:i + 10000] for i in range(0, len(body), 10000)]
+    multipart = hashlib.md5(b"".join(hashlib.md5(p).digest() for p in parts)).hexdigest() + f"-{len(parts)}"
+    assert _check(tmp_path, _FakeStore(body, 10000, f'"{multipart}"'), body) == ([], 0)
+    assert _check(tmp_path, _FakeStore(body, len(body), f'"{hashlib.md5(body).hexdigest()}"'), body) == ([], 0)
+    changed = body[:5] + b"X" + body[6:]
+    got, _ = _check(tmp_path, _FakeStore(body, 10000, f'"{multipart}"'), changed)
+    assert got and got[0].startswith("MD5 (ETag)")
+
+
+def test_digests_by_composite_or_full_crc_and_size_only(tmp_path):
+    body = b"z" * 25000
+    parts = [body[i:i + 10000] for i in range(0, len(body), 10000)]
+    crcs = [(zlib.crc32(p), len(p)) for p in parts]
+    b64 = lambda n: base64.b64encode(n.to_bytes(4, "big")).decode()  # noqa: E731
+    comp = _FakeStore(body, 10000, '"x-3"', b64(composite(crcs)) + "-3", "COMPOSITE")
+    full = _FakeStore(body, 10000, '"x-3"', b64(zlib.crc32(body)), "FULL_OBJECT")
+    assert _check(tmp_path, comp, body) == ([], 0)
+    assert _check(tmp_path, full, body) == ([], 0)
+    got, _ = _check(tmp_path, comp, b"y" + body[1:])
+    assert got and got[0].startswith("CRC32: tree crc32:") and got[0].endswith("-3")
+    assert _check(tmp_path, _FakeStore(body, len(body), '"opaque-kms-etag"'), b"y" + body[1:]) == ([], 1)
