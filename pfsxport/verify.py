@@ -78,6 +78,7 @@ SUMMARY_JSON = "summary.json"
 HEADER = "path,type,difference,reason,key\n"
 LOGGED = 20  # differences each rank also logs, the rest are in the report only
 _MD5_ETAG = re.compile(r'"?([0-9a-f]{32})(?:-(\d+))?"?')
+_FATAL = (StoreUnreachable, AccessDenied, NoSuchBucket)  # the store cannot be used at all: stop
 _ABSENT = -1  # listed size of a key the listing does not have
 _UNLISTED = -2  # no listing covers it (a task path that is a file): the HEAD decides
 
@@ -224,6 +225,90 @@ def composite(crcs: list[tuple[int, int]]) -> int:
     return zlib.crc32(b"".join(c.to_bytes(4, "big") for c, _ in crcs))
 
 
+class Content:
+    """How a file's bytes are compared with its object's: by digest (the stored CRC32, else
+    an MD5 ETag, else the size only, counted) or, with `contents`, byte for byte. Local."""
+
+    def __init__(self, store, sink: Sink, contents: bool):
+        self.store = store
+        self.sink = sink
+        self.contents = contents
+
+    def reasons(self, fd: int, e: Entry, key: str, head) -> list[str]:
+        """Why the open file `fd` (entry `e`, its size already the object's) is not the object."""
+        return self._bytes(fd, e, key) if self.contents else self._digests(fd, e, key, head)
+
+    def _bytes(self, fd: int, e: Entry, key: str) -> list[str]:
+        """--contents: every byte of the object against the file."""
+        pos = 0
+        while pos < e.size:
+            n = min(CHUNK, e.size - pos)
+            local = self._read(fd, pos, n)
+            remote = self.store.get_range(key, pos, n)
+            if local != remote:
+                at = next((i for i, (a, b) in enumerate(zip(local, remote, strict=False)) if a != b),
+                          min(len(local), len(remote)))
+                return [f"bytes differ from offset {pos + at}"]
+            pos += n
+        return []
+
+    def _read(self, fd: int, offset: int, n: int) -> bytes:
+        data = read_range(fd, offset, n)
+        if len(data) != n:
+            raise FileChanged("the file shrank while it was verified; verify it again")
+        self.sink.note("bytes_read", n)
+        return data
+
+    def _digests(self, fd: int, e: Entry, key: str, head) -> list[str]:
+        """The stored CRC32 (or MD5 ETag) against the same digest of the file."""
+        stored = crc_of_b64(head.crc32) if head.crc32 else None
+        etag = _MD5_ETAG.fullmatch(head.etag or "")
+        multipart = bool((stored and stored[1]) or (etag and etag.group(2)) or head.checksum_type == "COMPOSITE")
+        if stored is None and etag is None:
+            self.sink.note("size_only")
+            return []
+        part = e.size or 1
+        if multipart:
+            try:
+                part = self.store.head_checked(key, part=1).size or part
+            except _FATAL:
+                raise
+            except StoreError:  # no part numbers on this store: the size is what is left
+                self.sink.note("size_only")
+                return []
+        crcs, md5s = self._local(fd, e.size, part, want_md5=stored is None)
+        if stored is not None:
+            full = checksum.combine_all(crcs)
+            if stored[0] in (full, composite(crcs)) if multipart else stored[0] == full:
+                return []
+            theirs = checksum.fmt(stored[0]) + (f"-{stored[1]}" if stored[1] else "")
+            return [f"CRC32: tree {checksum.fmt(full)}, bucket {theirs}"]
+        digest = hashlib.md5(b"".join(md5s)).hexdigest() + f"-{len(md5s)}" if multipart else md5s[0].hex()
+        want = etag.group(1) + (f"-{etag.group(2)}" if etag.group(2) else "")
+        return [] if digest == want else [f"MD5 (ETag): tree {digest}, bucket {want}"]
+
+    def _local(self, fd: int, size: int, part: int, want_md5: bool) -> tuple[list[tuple[int, int]], list[bytes]]:
+        """(crc32, length) and MD5 digest of each `part`-byte part of the file."""
+        crcs: list[tuple[int, int]] = []
+        md5s: list[bytes] = []
+        off = 0
+        while True:
+            n = min(part, size - off)
+            crc, h, pos = 0, hashlib.md5() if want_md5 else None, off
+            while pos < off + n:
+                chunk = self._read(fd, pos, min(CHUNK, off + n - pos))
+                crc = zlib.crc32(chunk, crc)
+                if h is not None:
+                    h.update(chunk)
+                pos += len(chunk)
+            crcs.append((crc, n))
+            md5s.append(h.digest() if h is not None else b"")
+            off += n
+            if off >= size:
+                return crcs, md5s
+
+
+
 class Checker:
     """One leg on one rank: directory jobs (scan + listing) and entry checks (HEAD, local
     read) on thread pools. Every outcome goes to the sink as a Row or a match."""
@@ -238,9 +323,9 @@ class Checker:
         self.prefix = prefix
         self.store = store
         self.sink = sink
-        self.contents = contents
         self.skip = skip
         self.ignore = ignore
+        self.content = Content(store, sink, contents)
         self.pool = ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="pfsxport-verify")
         self.slots = threading.BoundedSemaphore(max(1, concurrency) * 4)  # entry checks queued at a time
 
@@ -259,7 +344,7 @@ class Checker:
         return bool(self.sink.counts.canceled or self.sink.counts.fatal)
 
     def _fatal(self, err: StoreError) -> bool:
-        if isinstance(err, (StoreUnreachable, AccessDenied, NoSuchBucket)):
+        if isinstance(err, _FATAL):
             with self.sink.lock:
                 self.sink.counts.fatal = self.sink.counts.fatal or str(err)
             return True
@@ -424,81 +509,12 @@ class Checker:
                 return [f"type changed while it was verified ({fresh.kind.value})"], meta
             if head.size != fresh.size:
                 return [f"size: tree {fresh.size}, bucket {head.size}"], meta
-            content = self._bytes(fd, fresh, key) if self.contents else self._digests(fd, fresh, key, head)
+            content = self.content.reasons(fd, fresh, key, head)
             if snapshot_of(os.fstat(fd)) != fresh.snapshot():
                 raise FileChanged("the file changed while it was verified; verify it again")
             return content, meta
         finally:
             os.close(fd)
-
-    def _bytes(self, fd: int, e: Entry, key: str) -> list[str]:
-        """--contents: every byte of the object against the file."""
-        pos = 0
-        while pos < e.size:
-            n = min(CHUNK, e.size - pos)
-            local = self._read(fd, pos, n)
-            remote = self.store.get_range(key, pos, n)
-            if local != remote:
-                at = next((i for i, (a, b) in enumerate(zip(local, remote, strict=False)) if a != b),
-                          min(len(local), len(remote)))
-                return [f"bytes differ from offset {pos + at}"]
-            pos += n
-        return []
-
-    def _read(self, fd: int, offset: int, n: int) -> bytes:
-        data = read_range(fd, offset, n)
-        if len(data) != n:
-            raise FileChanged("the file shrank while it was verified; verify it again")
-        self.sink.note("bytes_read", n)
-        return data
-
-    def _digests(self, fd: int, e: Entry, key: str, head) -> list[str]:
-        """The stored CRC32 (or MD5 ETag) against the same digest of the file."""
-        stored = crc_of_b64(head.crc32) if head.crc32 else None
-        etag = _MD5_ETAG.fullmatch(head.etag or "")
-        multipart = bool((stored and stored[1]) or (etag and etag.group(2)) or head.checksum_type == "COMPOSITE")
-        if stored is None and etag is None:
-            self.sink.note("size_only")
-            return []
-        part = e.size or 1
-        if multipart:
-            try:
-                part = self.store.head_checked(key, part=1).size or part
-            except StoreError as err:
-                if self._fatal(err):
-                    raise
-                self.sink.note("size_only")
-                return []
-        crcs, md5s = self._local(fd, e.size, part, want_md5=stored is None)
-        if stored is not None:
-            full = checksum.combine_all(crcs)
-            if stored[0] in (full, composite(crcs)) if multipart else stored[0] == full:
-                return []
-            theirs = checksum.fmt(stored[0]) + (f"-{stored[1]}" if stored[1] else "")
-            return [f"CRC32: tree {checksum.fmt(full)}, bucket {theirs}"]
-        digest = hashlib.md5(b"".join(md5s)).hexdigest() + f"-{len(md5s)}" if multipart else md5s[0].hex()
-        want = etag.group(1) + (f"-{etag.group(2)}" if etag.group(2) else "")
-        return [] if digest == want else [f"MD5 (ETag): tree {digest}, bucket {want}"]
-
-    def _local(self, fd: int, size: int, part: int, want_md5: bool) -> tuple[list[tuple[int, int]], list[bytes]]:
-        """(crc32, length) and MD5 digest of each `part`-byte part of the file."""
-        crcs: list[tuple[int, int]] = []
-        md5s: list[bytes] = []
-        off = 0
-        while True:
-            n = min(part, size - off)
-            crc, h, pos = 0, hashlib.md5() if want_md5 else None, off
-            while pos < off + n:
-                chunk = self._read(fd, pos, min(CHUNK, off + n - pos))
-                crc = zlib.crc32(chunk, crc)
-                if h is not None:
-                    h.update(chunk)
-                pos += len(chunk)
-            crcs.append((crc, n))
-            md5s.append(h.digest() if h is not None else b"")
-            off += n
-            if off >= size:
-                return crcs, md5s
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)

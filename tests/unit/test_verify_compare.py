@@ -88,22 +88,16 @@ class _FakeStore:
 def _check(tmp_path, store, local: bytes) -> tuple[list[str], int]:
     import os
 
-    from pfsxport.metadata import S3Url
-    from pfsxport.verify import Checker, Sink
+    from pfsxport.verify import Content, Sink
 
     (tmp_path / "f").write_bytes(local)
     sink = Sink(str(tmp_path / "shard.csv"))
-    c = Checker(str(tmp_path), S3Url("bucket", "p/"), "", store, sink, contents=False, concurrency=1,
-                skip=frozenset(), ignore="")
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
     try:
-        fd = c.root.open("f")
-        try:
-            e = Entry.from_stat("f", os.fstat(fd))
-            return c._digests(fd, e, "p/f", store.head_checked("p/f")), sink.counts.size_only
-        finally:
-            os.close(fd)
+        e = Entry.from_stat("f", os.fstat(fd))
+        return Content(store, sink, False).reasons(fd, e, "p/f", store.head_checked("p/f")), sink.counts.size_only
     finally:
-        c.close()
+        os.close(fd)
         sink.close()
 
 
