@@ -68,7 +68,7 @@ def _verify_args(exported, tmp_path, *extra: str) -> tuple[list[str], str]:
             "--report-dir", report, *extra], report
 
 
-@pytest.mark.parametrize("ranks", [None, 2])
+@pytest.mark.parametrize("ranks", [None, 2, 4])  # 4 oversubscribes this 2-core machine on purpose
 def test_exported_tree_matches(seaweed, exported, tmp_path, ranks):
     args, report = _verify_args(exported, tmp_path)
     r = run_verify(seaweed, args, ranks)
