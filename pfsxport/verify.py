@@ -577,7 +577,8 @@ def verify(world, cfg: ExportConfig, contents: bool = False, report_dir: str | N
         sink, fault = None, str(e)
     if sink is not None:
         for fs_root, repo, paths, prefix in plan.legs:
-            _verify_leg(world, cfg, sink, fs_root, repo, paths, prefix, contents, plan.ignore, watch, quick)
+            skip = skip_set(cfg, fs_root) | _inside(plan.report_dir, fs_root)
+            _verify_leg(world, cfg, sink, fs_root, repo, paths, prefix, contents, plan.ignore, watch, quick, skip)
         sink.close()
     ends = world.allgather((sink.counts if sink else Counts(), fault))
     code = ExitCode.SUCCEEDED
@@ -586,13 +587,20 @@ def verify(world, cfg: ExportConfig, contents: bool = False, report_dir: str | N
     return ExitCode(world.bcast(code))
 
 
+def _inside(path: str, fs_root: str) -> frozenset[str]:
+    """`path` relative to the tree when it lies inside it (the report directory is never compared)."""
+    rel = os.path.relpath(os.path.realpath(path), os.path.realpath(fs_root))
+    return frozenset() if rel == "." or rel.startswith("..") else frozenset({rel})
+
+
 def _verify_leg(world, cfg: ExportConfig, sink: Sink, fs_root: str, repo: S3Url, paths: list[str], prefix: str,
-                contents: bool, ignore: str, watch: SignalWatch | None, quick: bool = False) -> None:
+                contents: bool, ignore: str, watch: SignalWatch | None, quick: bool = False,
+                skip: frozenset[str] = frozenset()) -> None:
     """Collective: one repository's share of the verification, level by level; a rank that
     stops (a signal, a store that cannot be used) stops every rank at the next level."""
     reader = manifest_for(cfg, repo).reader() if quick and not contents else None
     checker = Checker(fs_root, repo, prefix, store_for(cfg, repo), sink, contents=contents,
-                      concurrency=cfg.transfer.concurrency, skip=skip_set(cfg, fs_root), ignore=ignore, watch=watch,
+                      concurrency=cfg.transfer.concurrency, skip=skip, ignore=ignore, watch=watch,
                       manifest=reader)
     level: list[tuple[str, Entry | None, bool]] = []
     if world.rank == 0:

@@ -9,6 +9,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -206,6 +207,18 @@ def test_contents_compares_every_byte(seaweed, exported, tmp_path):
     assert r.returncode == 8, r.stderr
     assert differences(report) == [("big/two-parts-exact", "content-differs")]
     assert f"bytes differ from offset {(5 << 20) + 3}" in rows(report)[0]["reason"]
+
+
+def test_a_report_directory_inside_the_tree_is_not_compared(seaweed, exported, tmp_path):
+    root, bucket, state = exported
+    report = os.path.join(root, "names", "verify-report")
+    try:
+        r = run_verify(seaweed, ["--fs-root", root, "--repository", f"s3://{bucket}/v/", "--state-dir", state,
+                                 "--report-dir", report, "names"])
+        assert r.returncode == 0, r.stderr
+        assert os.path.exists(os.path.join(report, "verify.csv"))
+    finally:
+        shutil.rmtree(report, ignore_errors=True)
 
 
 def test_paths_limit_the_comparison(seaweed, exported, tmp_path):
