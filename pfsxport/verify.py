@@ -66,7 +66,7 @@ from .halt import Halt, SignalWatch
 from .job import check_repository, manifest_for, plan_task, skip_set, store_for
 from .metadata import SETID_BITS, S3Url, key_error, object_key, printable, read_posix_headers
 from .model import Entry, EntryKind
-from .report import csv_field
+from .report import csv_field, write_text_table_h5
 from .walk import Root, join, lstat_entry, read_range, scan_dir, snapshot_of
 
 log = logging.getLogger("pfsxport")
@@ -74,6 +74,7 @@ log = logging.getLogger("pfsxport")
 TEST_DELAY = float(os.environ.get("PFSXPORT_TEST_ENTRY_DELAY", "0") or 0)  # seconds per entry, for the tests
 CHUNK = 1 << 20  # bytes read (and, with --contents, downloaded) at a time per entry
 REPORT_CSV = "verify.csv"
+REPORT_H5 = "verify.h5"
 SUMMARY_JSON = "summary.json"
 HEADER = "path,type,difference,reason,key\n"
 LOGGED = 20  # differences each rank also logs, the rest are in the report only
@@ -625,6 +626,26 @@ def _verify_leg(world, cfg: ExportConfig, sink: Sink, fs_root: str, repo: S3Url,
             reader.close()
 
 
+def _write_h5(report_dir: str, csv_path: str) -> None:
+    """verify.h5: the rows of verify.csv as HDF5 columns (path, type, difference, reason, key)."""
+    import csv
+
+    def chunks():
+        with open(csv_path, encoding="utf-8", newline="") as f:
+            reader = csv.reader(f)
+            next(reader, None)
+            rows: list[list[str]] = []
+            for row in reader:
+                rows.append(row)
+                if len(rows) >= 4096:
+                    yield rows
+                    rows = []
+            if rows:
+                yield rows
+
+    write_text_table_h5(os.path.join(report_dir, REPORT_H5), tuple(HEADER.strip().split(",")), chunks(), {})
+
+
 def _finish(plan: Plan, ends: list[tuple[Counts, str]], nranks: int, seconds: float) -> ExitCode:
     """Rank 0: the shards joined into verify.csv, the summary written and printed."""
     total = Counts()
@@ -644,6 +665,11 @@ def _finish(plan: Plan, ends: list[tuple[Counts, str]], nranks: int, seconds: fl
                     os.unlink(shard)
     except OSError as e:
         faults.append(str(unusable(e.filename or path, e)))
+    if not faults:
+        try:
+            _write_h5(plan.report_dir, path)
+        except (OSError, ValueError) as e:
+            log.warning("no %s: %s (%s has every row)", REPORT_H5, e, REPORT_CSV)
     by = {d.value: total.by.get(d.value, 0) for d in Difference}
     if total.canceled:
         result, code = "CANCELED", ExitCode.CANCELED

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 
+import h5py
 import pytest
 from conftest import MPIEXEC, run_export
 from treeutil import build_hard_tree
@@ -184,6 +185,9 @@ def test_seeded_difference_is_named(seaweed, exported, tmp_path, seed, ranks):
     s = summary(r)
     assert s["Result"] == "DIFFERENT"
     assert differences(report) == [(path, kind)], r.stderr
+    with h5py.File(os.path.join(report, "verify.h5")) as f:  # the same rows as HDF5 columns
+        got = {(p.decode(), d.decode()) for p, d in zip(f["entries/path"][:], f["entries/difference"][:], strict=True)}
+    assert (path, kind) in got and len(got) == len(rows(report))
     row = next(x for x in rows(report) if x["path"] == path)
     assert row["reason"]
     for line in r.stderr.splitlines():  # every log line is one line: the name's newline is escaped
