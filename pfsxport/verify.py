@@ -309,7 +309,6 @@ class Content:
                 return crcs, md5s
 
 
-
 class Checker:
     """One leg on one rank: directory jobs (scan + listing) and entry checks (HEAD, local
     read) on thread pools. Every outcome goes to the sink as a Row or a match."""
