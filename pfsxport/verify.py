@@ -6,8 +6,10 @@ and directory D belongs to rank crc32(D) % size. That rank scans D (lstat of its
 children, through walk.Root: nothing outside the root is opened, no symlink is followed),
 lists D's prefix in the bucket with the delimiter '/', and compares each child found on
 either side, many HEADs in flight on a thread pool. A directory's own object (`key/`) is
-compared by the owner of that directory (it is in that directory's listing). One huge
-directory is therefore one rank's work: the first slice's limit, said in the README.
+compared by the owner of that directory (it is in that directory's listing). A directory
+of more than SHARE_OVER entries that need a HEAD is scanned and listed by its owner alone,
+but its entries' checks go to every rank (dealt round robin in the next allgather), so one
+huge directory is not one rank's work; its scan and listing still are.
 
 What is compared, per entry (ExportConfig's repository or the associations, as `export`):
   - present on both sides, or `missing` (in the tree, not in the bucket) and `extra` (in
@@ -77,6 +79,7 @@ REPORT_CSV = "verify.csv"
 REPORT_H5 = "verify.h5"
 SUMMARY_JSON = "summary.json"
 HEADER = "path,type,difference,reason,key\n"
+SHARE_OVER = 2048  # a directory with more checks than this deals them over every rank
 LOGGED = 20  # differences each rank also logs, the rest are in the report only
 _MD5_ETAG = re.compile(r'"?([0-9a-f]{32})(?:-(\d+))?"?')
 _FATAL = (StoreUnreachable, AccessDenied, NoSuchBucket)  # the store cannot be used at all: stop
@@ -315,8 +318,9 @@ class Checker:
 
     def __init__(self, fs_root: str, repo: S3Url, prefix: str, store, sink: Sink, *, contents: bool,
                  concurrency: int, skip: frozenset[str], ignore: str, watch: SignalWatch | None = None,
-                 manifest=None):
+                 manifest=None, share_over: int = 0):
         self.watch = watch or SignalWatch()
+        self.share_over = share_over  # 0: every check stays on this rank
         self.manifest = manifest  # quick: a manifest.Reader
         self.root = Root(fs_root)
         self.repo = repo
@@ -355,16 +359,17 @@ class Checker:
     def listing_prefix(self, rel: str) -> str:
         return self.repo.key(rel) + "/" if rel else self.repo.prefix
 
-    def directory(self, rel: str, entry: Entry | None, trusted: bool = False) -> list[tuple[str, Entry | None, bool]]:
+    def directory(self, rel: str, entry: Entry | None, trusted: bool = False) -> tuple[list, list]:
         """Compare directory `rel` (its own object when `entry` is given, and every child
-        on either side); returns its subdirectories in the tree. `trusted`: its lstat is
-        the manifest's record (quick)."""
+        on either side). Returns its subdirectories in the tree [(path, entry, trusted)],
+        and the checks of a large directory left to share over the ranks [(entry, listed)].
+        `trusted`: its lstat is the manifest's record (quick)."""
         if self.stopped():
-            return []
+            return [], []
         scan = scan_dir(self.root, rel, self.skip)
         if scan.error is not None:
             self._row(rel, "directory", Difference.ERROR, f"cannot list the directory: {scan.error.strerror}")
-            return []
+            return [], []
         children: list[Entry] = []
         for piece in [scan.items, *(scan.more or [])]:
             children += [Entry.from_stat(join(rel, os.fsdecode(name)), st) for name, st in piece]
@@ -378,7 +383,7 @@ class Checker:
                 self._fatal(err)
                 self._row(rel, "directory", Difference.ERROR, f"cannot list {self.repo.bucket}/{prefix}: {err}; "
                           "its entries were not compared")
-                return [(e.path, e, False) for e in children if e.kind is EntryKind.DIRECTORY]
+                return [(e.path, e, False) for e in children if e.kind is EntryKind.DIRECTORY], []
             listed, below = got, set(prefixes)
         own = listed.pop(prefix, _ABSENT)
         if entry is not None:
@@ -387,7 +392,8 @@ class Checker:
             else:
                 self.submit(entry, own)
         recs = self.manifest.directory(rel) if self.manifest is not None and children else {}
-        subdirs = []
+        subdirs: list[tuple[str, Entry, bool]] = []
+        checks: list[tuple[Entry, int]] = []
         for e in children:
             known = recs.get(os.fsencode(e.path.rpartition("/")[2]))
             same = known is not None and tuple(known) == e.rec()
@@ -399,12 +405,16 @@ class Checker:
             if same and size == e.size and e.kind is not EntryKind.SPECIAL:
                 self.sink.matched(trusted=True)
             else:
+                checks.append((e, size))
+        shared = bool(self.share_over) and len(checks) > self.share_over
+        if not shared:
+            for e, size in checks:
                 self.submit(e, size)
         for key in listed:
             self.extra(key)
         for sub in sorted(below):
             self._extra_tree(sub)
-        return subdirs
+        return subdirs, checks if shared else []
 
     def extra(self, key: str) -> None:
         if self.ignore and key.startswith(self.ignore):
@@ -601,7 +611,7 @@ def _verify_leg(world, cfg: ExportConfig, sink: Sink, fs_root: str, repo: S3Url,
     reader = manifest_for(cfg, repo).reader() if quick and not contents else None
     checker = Checker(fs_root, repo, prefix, store_for(cfg, repo), sink, contents=contents,
                       concurrency=cfg.transfer.concurrency, skip=skip, ignore=ignore, watch=watch,
-                      manifest=reader)
+                      manifest=reader, share_over=SHARE_OVER if world.size > 1 else 0)
     level: list[tuple[str, Entry | None, bool]] = []
     if world.rank == 0:
         for p in paths:
@@ -615,9 +625,16 @@ def _verify_leg(world, cfg: ExportConfig, sink: Sink, fs_root: str, repo: S3Url,
     try:
         while level:
             mine = [item for item in level if owner(item[0], world.size) == world.rank]
-            found = [d for sub in walkers.map(lambda item: checker.directory(*item), mine) for d in sub]
-            ends = world.allgather((found, checker.stopped()))
-            level = [] if any(stop for _, stop in ends) else sorted(d for part, _ in ends for d in part)
+            done = list(walkers.map(lambda item: checker.directory(*item), mine))
+            found = [d for subdirs, _ in done for d in subdirs]
+            shared = [c for _, checks in done for c in checks]
+            ends = world.allgather((found, shared, checker.stopped()))
+            if any(stop for _, _, stop in ends):
+                break
+            for i, (e, listed) in enumerate(c for _, part, _ in ends for c in part):  # the same order everywhere
+                if i % world.size == world.rank:
+                    checker.submit(e, listed)
+            level = sorted(d for part, _, _ in ends for d in part)
     finally:
         walkers.shutdown(wait=True)
         checker.close()

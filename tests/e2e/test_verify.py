@@ -344,3 +344,31 @@ def test_a_path_through_a_symlink_and_an_unwritable_report(seaweed, exported, tm
     args[args.index("--report-dir") + 1] = str(blocker / "report")
     r = run_verify(seaweed, args, 2)
     assert r.returncode == 7 and "StateDirectoryUnusable" in r.stderr, r.stderr
+
+
+def test_a_huge_directory_is_checked_by_every_rank(seaweed, tmp_path):
+    """A directory of more checks than verify.SHARE_OVER is dealt over the ranks: each rank
+    finds some of the differences seeded in it, and the report has them all."""
+    from pfsxport.verify import SHARE_OVER
+
+    root = tmp_path / "fs"
+    os.makedirs(root / "huge")
+    n = SHARE_OVER + 100
+    for i in range(n):
+        (root / "huge" / f"f{i:05d}").write_bytes(b"%d" % i)
+    bucket = seaweed.new_bucket()
+    state = str(tmp_path / "state")
+    r = run_export(seaweed, ["--fs-root", str(root), "--repository", f"s3://{bucket}/h/", "--state-dir", state,
+                             "--progress", "off"], ranks=2)
+    assert r.returncode == 0, r.stderr
+    seeded = sorted(f"huge/f{i:05d}" for i in range(0, n, n // 40))
+    for p in seeded:
+        os.chmod(root / p, 0o600)
+    report = str(tmp_path / "report")
+    r = run_verify(seaweed, ["--fs-root", str(root), "--repository", f"s3://{bucket}/h/", "--state-dir", state,
+                             "--report-dir", report], 2)
+    assert r.returncode == 8, r.stderr
+    assert differences(report) == [(p, "metadata-differs") for p in seeded]
+    by_rank = {line.split("]")[0] for line in r.stderr.splitlines() if "metadata-differs: huge/" in line}
+    assert by_rank == {"pfsxport[0", "pfsxport[1"}, r.stderr[-2000:]
+    assert summary(r)["Compared"] == n + 1
