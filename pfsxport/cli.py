@@ -133,7 +133,7 @@ def _parser() -> argparse.ArgumentParser:
                    "system's data repository associations)")
     v.add_argument("--state-dir", help="associations, and the report's default place (default: "
                    "$PFSXPORT_STATE_DIR or ~/.pfsxport)")
-    v.add_argument("--report-dir", help="write verify.csv and summary.json here (default: "
+    v.add_argument("--report-dir", help="write verify.csv, verify.h5 and summary.json here (default: "
                    "STATE_DIR/verify/verify-TIME-ID)")
     v.add_argument("--contents", action="store_true",
                    help="download every object and compare every byte (default: size and the stored CRC32)")
