@@ -24,7 +24,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
-from urllib.parse import quote
+from urllib.parse import quote, unquote_plus
 from xml.sax.saxutils import escape, unescape
 
 from . import httpconn
@@ -394,6 +394,18 @@ class S3Store:
         key equal to `prefix` included, and the common prefixes below it."""
         objects: dict[str, int] = {}
         prefixes: list[str] = []
+        if self.fast is not None:  # botocore's parsing of a listing costs ~70 us of CPU per key
+            query = {"list-type": "2", "prefix": prefix, "delimiter": "/", "encoding-type": "url"}
+            while True:
+                text = self._retrying("list_objects_v2", prefix, lambda: self.fast.request(
+                    "list_objects_v2", "GET", None, b"", None, dict(query))).data.decode("utf-8", "replace")
+                for block in _CONTENTS.findall(text):
+                    objects[_url_field(block, "Key")] = int(_xml_field(block, "Size") or 0)
+                prefixes += [unquote_plus(unescape(p)) for p in _COMMON.findall(text)]
+                token = _xml_field(text, "NextContinuationToken")
+                if _xml_field(text, "IsTruncated") != "true" or not token:
+                    return objects, prefixes
+                query["continuation-token"] = token
         kw: dict[str, Any] = {"Prefix": prefix, "Delimiter": "/"}
         while True:
             r = self._call("list_objects_v2", **kw)
@@ -706,6 +718,15 @@ def _object_headers(metadata: dict[str, str] | None, content_type: str) -> dict[
     if metadata:
         headers.update({"x-amz-meta-" + k: v for k, v in metadata.items()})
     return headers
+
+
+_CONTENTS = re.compile(r"<Contents>(.*?)</Contents>", re.S)
+_COMMON = re.compile(r"<CommonPrefixes>\s*<Prefix>(.*?)</Prefix>", re.S)
+
+
+def _url_field(text: str, name: str) -> str:
+    """A field of a listing asked for with encoding-type=url (keys with any character)."""
+    return unquote_plus(_xml_field(text, name))
 
 
 def _xml_field(text: str, name: str) -> str:
