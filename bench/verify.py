@@ -142,7 +142,7 @@ def main() -> int:
                 print(f"   {tool} ranks={r} rep={rep}: {res.get('wall_s', 0):.2f}s ok={res['ok']}", flush=True)
     finally:
         s3.stop()
-        shutil.rmtree(os.path.join(tmp, "seaweedfs"), ignore_errors=True)
+        shutil.rmtree(os.path.join(tmp, "seaweedfs") if args.workdir else tmp, ignore_errors=True)
     lines = [f"verify of an unchanged tree of {args.files} files ({spec['leaf_dirs']} leaf directories), "
              f"median of {args.repeat}", "",
              "| tool | ranks | wall s (min-max) | entries/s | client CPU s | server CPU s |", "|---|---|---|---|---|---|"]
@@ -167,8 +167,6 @@ def main() -> int:
         f.write(text)
     with open(os.path.join(logdir, "raw.json"), "w") as f:
         json.dump(runs, f, indent=1, default=str)
-    if not args.workdir:
-        shutil.rmtree(tmp, ignore_errors=True)
     return 0 if all(x["ok"] for x in runs) else 1
 
 
