@@ -1,8 +1,8 @@
-"""Command line: `pfsxport export`, `task create|describe|cancel`, `dra create|describe|update|delete`,
-`auto-export`, `demo`.
+"""Command line: `pfsxport export`, `import`, `verify`, `task create|describe|cancel`,
+`dra create|describe|update|delete`, `auto-export`, `demo`.
 
-Exit codes are ExitCode (see the README). Under mpiexec/srun every rank runs `export`;
-only rank 0 prints the task id, progress and errors.
+Exit codes are ExitCode (see the README). Under mpiexec/srun every rank runs `export`
+(and `import`, `verify`); only rank 0 prints the task id, progress and errors.
 """
 from __future__ import annotations
 
@@ -172,6 +172,29 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("paths", nargs="*", metavar="PATH",
                    help="s3://BUCKET/KEY URLs inside the repository, or file-system paths (relative to --fs-root) "
                         "that name the keys they were exported to (default: the whole repository)")
+
+    v = sub.add_parser("verify", help="compare the tree with its repository (every MPI rank runs this); exit 0 "
+                       "only when they match, 8 when they differ")
+    v.add_argument("--config", help="YAML config file (the export's: fs_root, repository, state_dir, s3.*)")
+    v.add_argument("--fs-root", help="the file-system mount (or tree) that paths are relative to")
+    v.add_argument("--repository", help="s3://BUCKET/PREFIX/ the tree was exported to (default: the file "
+                   "system's data repository associations)")
+    v.add_argument("--state-dir", help="associations, and the report's default place (default: "
+                   "$PFSXPORT_STATE_DIR or ~/.pfsxport)")
+    v.add_argument("--report-dir", help="write verify.csv, verify.h5 and summary.json here (default: "
+                   "STATE_DIR/verify/verify-TIME-ID)")
+    v.add_argument("--contents", action="store_true",
+                   help="download every object and compare every byte (default: size and the stored CRC32)")
+    v.add_argument("--quick", action="store_true",
+                   help="an entry unchanged since its export (its lstat is the manifest's record) whose object is "
+                        "listed with its size matches without a HEAD or a read: a listing-only check of an "
+                        "unchanged tree, which trusts that nobody rewrote its objects in the bucket")
+    for flag in ("--endpoint-url", "--region", "--profile", "--file-system-id"):
+        v.add_argument(flag)
+    v.add_argument("--addressing-style", choices=["auto", "path", "virtual"])
+    v.add_argument("--sign-payload", choices=["auto", "always", "never"])
+    v.add_argument("--concurrency", help="objects compared at a time per rank (default 64)")
+    v.add_argument("paths", nargs="*", metavar="PATH", help="paths relative to --fs-root (default: all)")
 
     t = sub.add_parser("task", help="create, describe or cancel tasks")
     tsub = t.add_subparsers(dest="task_command", required=True)
@@ -495,6 +518,23 @@ def _task(args) -> int:
     return 0
 
 
+def _collective(world, run) -> int:
+    """Run a collective command on this rank: its exit code; an error no task record could
+    take is logged, and under MPI it ends every rank (a rank left alone would wait forever)."""
+    try:
+        return int(run())
+    except PfsxError as e:  # e.g. the state directory failed where no record could take the reason
+        log.error("%s", e)
+        if world.size > 1:
+            world.abort(e.exit_code)
+        return e.exit_code
+    except Exception:
+        log.exception("pfsxport crashed on rank %d of %d (%s)", world.rank, world.size, world.host)
+        if world.size > 1:
+            world.abort(ExitCode.INTERNAL)
+        return ExitCode.INTERNAL
+
+
 def _export(args) -> int:
     """SIGTERM and SIGINT cancel the task from here on (see halt and job.Monitor); the previous
     handlers are back once the export has ended."""
@@ -531,18 +571,41 @@ def _run_export(args, watch) -> int:
         return e.exit_code
     from .job import export
 
+    return _collective(world, lambda: export(world, cfg, watch))
+
+
+VERIFY_FLAGS = {
+    "fs_root": "fs_root", "repository": "repository", "state_dir": "state_dir", "endpoint_url": "s3.endpoint_url",
+    "region": "s3.region", "profile": "s3.profile", "addressing_style": "s3.addressing_style",
+    "sign_payload": "s3.sign_payload", "concurrency": "transfer.concurrency", "file_system_id": "file_system_id",
+}
+
+
+def _verify(args) -> int:
+    """`pfsxport verify` on every rank: the config as export reads it, then verify.verify.
+    SIGTERM and SIGINT stop it (exit 4)."""
+    from .halt import SignalWatch
+
+    with SignalWatch() as watch:
+        return _run_verify(args, watch)
+
+
+def _run_verify(args, watch) -> int:
+    from .parallel import World
+
+    world = World()
+    _setup_logging(world.rank)
     try:
-        return int(export(world, cfg, watch))
-    except PfsxError as e:  # e.g. the state directory failed where no record could take the reason
-        log.error("%s", e)
-        if world.size > 1:
-            world.abort(e.exit_code)
+        cli = {key: getattr(args, flag) for flag, key in VERIFY_FLAGS.items()}
+        cli["paths"] = args.paths or None
+        cfg = load(args.config, cli, need_repository=False)
+    except PfsxError as e:
+        if world.rank == 0:
+            log.error("%s", e)
         return e.exit_code
-    except Exception:
-        log.exception("pfsxport crashed on rank %d of %d (%s)", world.rank, world.size, world.host)
-        if world.size > 1:
-            world.abort(ExitCode.INTERNAL)
-        return ExitCode.INTERNAL
+    from .verify import verify
+
+    return _collective(world, lambda: verify(world, cfg, args.contents, args.report_dir, watch, args.quick))
 
 
 def _import(args) -> int:
@@ -587,18 +650,7 @@ def _run_import(args, watch) -> int:
     opts = FetchOptions(concurrency=t.concurrency, ranges_in_flight=t.parts_in_flight, range_size=t.part_size,
                         metadata_only=args.metadata_only, no_overwrite=args.no_overwrite, lfs=lfs,
                         setstripe=args.setstripe, setstripe_min=minimum)
-    try:
-        return int(run_import(world, cfg, opts, watch))
-    except PfsxError as e:
-        log.error("%s", e)
-        if world.size > 1:
-            world.abort(e.exit_code)
-        return e.exit_code
-    except Exception:
-        log.exception("pfsxport crashed on rank %d of %d (%s)", world.rank, world.size, world.host)
-        if world.size > 1:
-            world.abort(ExitCode.INTERNAL)
-        return ExitCode.INTERNAL
+    return _collective(world, lambda: run_import(world, cfg, opts, watch))
 
 
 def _plot(args) -> int:
@@ -669,6 +721,8 @@ def main(argv: list[str] | None = None) -> int:
             return _export(args)
         if args.command == "import":
             return _import(args)
+        if args.command == "verify":
+            return _verify(args)
         _setup_logging()
         if args.command == "task":
             return _task(args)

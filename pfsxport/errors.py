@@ -47,6 +47,7 @@ class ExitCode(IntEnum):
     STORE_UNREACHABLE = 5  # endpoint down, bucket missing or access denied: fix or retry later
     TASK_EXECUTING = 6  # another task is executing on this file system (DataRepositoryTaskExecuting)
     STATE_UNUSABLE = 7  # the state directory cannot be written (read-only, not a directory, full) or is corrupt
+    DIFFERENCES = 8  # `verify`: the tree and the repository differ (see the report)
 
 
 class PfsxError(Exception):

@@ -32,11 +32,11 @@ from .job import (
     _exit_code,
     _prefixed,
     _Shard,
-    _skip_set,
-    _store,
     _upload_report,
     fail_early,
     linked,
+    skip_set,
+    store_for,
     task_paths,
 )
 from .lifecycle import TaskLifecycle, end_state
@@ -184,7 +184,7 @@ def _prepare(cfg: ExportConfig, state: StateDir, nranks: int) -> ImportSetup | S
     except OSError as e:
         return _failed(state, rec, f"cannot make a FileSystemPath: {e}", ExitCode.BAD_INPUT)
     for leg in legs:
-        store = _store(cfg, leg.repository)
+        store = store_for(cfg, leg.repository)
         try:
             empty = [p for p in leg.subtrees if not _holds(store.list_page(p, "/"))]
             for prefix in empty if leg.explicit else []:
@@ -196,7 +196,7 @@ def _prepare(cfg: ExportConfig, state: StateDir, nranks: int) -> ImportSetup | S
             return _failed(state, rec, f"cannot import from {leg.repository}: {e}", ExitCode.STORE_UNREACHABLE)
     try:
         report = cfg.report_path
-        _store(cfg, report).check_writable(f"{report.prefix}/" if report.prefix else "")
+        store_for(cfg, report).check_writable(f"{report.prefix}/" if report.prefix else "")
     except StoreError as e:
         return _failed(state, rec, f"cannot write the report to {cfg.report_path}: {e}",
                            ExitCode.STORE_UNREACHABLE)
@@ -359,7 +359,7 @@ def run_import(world, cfg: ExportConfig, opts: FetchOptions, watch: SignalWatch 
     for leg in setup.legs:
         if world.rank == 0 and len(setup.legs) > 1:
             log.info("%s -> %s", leg.repository, leg.fs_root)
-        store = _store(cfg, leg.repository)
+        store = store_for(cfg, leg.repository)
         manifest = ImportManifest(manifest_dir(cfg.state_dir, cfg.file_system_id, str(leg.repository)))
         try:
             manifest.load().open(setup.task_id, world.rank)
@@ -367,7 +367,7 @@ def run_import(world, cfg: ExportConfig, opts: FetchOptions, watch: SignalWatch 
             log.error("%s", e)
             manifest, fault = None, e
         importer = Importer(leg.fs_root, leg.repository, store, opts, world.rank, _prefixed(rows, leg.prefix),
-                            stopping, manifest, _skip_set(cfg, leg.fs_root))
+                            stopping, manifest, skip_set(cfg, leg.fs_root))
         with lock:
             current[0] = importer
         fault = _run_leg(world, leg, store, importer, manifest) or fault
@@ -377,7 +377,7 @@ def run_import(world, cfg: ExportConfig, opts: FetchOptions, watch: SignalWatch 
             current[0] = None
         canceled = canceled or importer.canceled and importer.fault is None
         fault = fault or importer.fault
-    lost = shard.finish(_store(cfg, cfg.report_path), cfg.report_path, setup.task_id)
+    lost = shard.finish(store_for(cfg, cfg.report_path), cfg.report_path, setup.task_id)
     fault = fault or shard.fault
     ends = world.allgather((tally, canceled, fault, lost))
     code = None
@@ -436,7 +436,7 @@ def _finish(cfg: ExportConfig, state: StateDir, rec: TaskRecord, ends: list) -> 
     lost = next((x for _, _, _, x in ends if x), "")
     try:
         paths = _write_names(combine(state.task_dir(rec.task_id), rec.ranks, _attrs(rec)))
-        lost = _upload_report(_store(cfg, cfg.report_path), cfg.report_path, rec.task_id, paths) or lost
+        lost = _upload_report(store_for(cfg, cfg.report_path), cfg.report_path, rec.task_id, paths) or lost
     except (StateError, OSError) as e:
         log.error("the completion report of task %s could not be written: %s", rec.task_id, e)
     code = _exit_code(final)

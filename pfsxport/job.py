@@ -86,8 +86,8 @@ def task_paths(fs_root: str, paths: list[str]) -> list[str]:
     return [p for p in out if not any(q == "" or p.startswith(q + "/") for q in out if q != p)]
 
 
-def _skip_set(cfg: ExportConfig, fs_root: str) -> frozenset[str]:
-    """The state directory is never exported when it lies inside the tree."""
+def skip_set(cfg: ExportConfig, fs_root: str) -> frozenset[str]:
+    """The state directory is never exported (nor verified) when it lies inside the tree."""
     rel = os.path.relpath(os.path.realpath(cfg.state_dir), os.path.realpath(fs_root))
     return frozenset() if rel.startswith("..") or rel == "." else frozenset({rel})
 
@@ -164,6 +164,21 @@ def _plan_legs(cfg: ExportConfig, state: StateDir, rels: list[str]) -> tuple[lis
     return legs, outside
 
 
+def plan_task(cfg: ExportConfig, state: StateDir) -> tuple[list[tuple[str, S3Url, list[str], str]], list[str]]:
+    """The task's paths checked (inside the root, through no symlink, there) and split over
+    its repositories: _plan_legs of them. Raises InputError."""
+    rels = task_paths(cfg.fs_root, cfg.paths)
+    for rel in rels:
+        refuse_symlinks(cfg.fs_root, rel, "path")
+        try:
+            lstat_entry(cfg.fs_root, rel)
+        except FileNotFoundError:
+            raise InputError(f"path {rel!r} does not exist under {cfg.fs_root}") from None
+        except OSError as e:
+            raise InputError(f"path {rel!r} cannot be read: {e.strerror}") from None
+    return _plan_legs(cfg, state, rels)
+
+
 def _outside_rows(cfg: ExportConfig, task_id: str, paths: list[str]) -> list[ReportRow]:
     events = EventLog(log_path(cfg.state_dir, cfg.file_system_id), cfg.event_log_level, cfg.file_system_id)
     rows = []
@@ -213,16 +228,7 @@ def _start(cfg: ExportConfig, state: StateDir, rec: TaskRecord, nranks: int, fs_
                     "here, so the one-task-per-file-system rule does not hold between the two; use one state "
                     "directory per file system", other, cfg.fs_root)
     try:
-        rels = task_paths(cfg.fs_root, cfg.paths)
-        for rel in rels:
-            refuse_symlinks(cfg.fs_root, rel, "path")
-            try:
-                lstat_entry(cfg.fs_root, rel)
-            except FileNotFoundError:
-                raise InputError(f"path {rel!r} does not exist under {cfg.fs_root}") from None
-            except OSError as e:
-                raise InputError(f"path {rel!r} cannot be read: {e.strerror}") from None
-        planned, outside = _plan_legs(cfg, state, rels)
+        planned, outside = plan_task(cfg, state)
         legs = [Leg(root, repo, [lstat_entry(root, p) for p in paths], prefix) for root, repo, paths, prefix in planned]
     except InputError as e:
         return fail_early(state, rec, str(e), ExitCode.BAD_INPUT)
@@ -232,8 +238,8 @@ def _start(cfg: ExportConfig, state: StateDir, rec: TaskRecord, nranks: int, fs_
     for leg in legs:
         if cfg.repository is None:
             log.info("%s -> %s", leg.fs_root, leg.repository)
-        manifest = _manifest(cfg, leg.repository)
-        store = _store(cfg, leg.repository)
+        manifest = manifest_for(cfg, leg.repository)
+        store = store_for(cfg, leg.repository)
         try:
             _ready(cfg, leg, manifest, store)
         except StoreError as e:
@@ -262,7 +268,7 @@ def _start(cfg: ExportConfig, state: StateDir, rec: TaskRecord, nranks: int, fs_
     # a bucket that took the probe takes the report too; a dry run writes its report only here
     if not cfg.dry_run and report.bucket not in {leg.repository.bucket for leg in legs if not leg.failed}:
         try:
-            _store(cfg, report).check_writable(f"{report.prefix}/" if report.prefix else "")
+            store_for(cfg, report).check_writable(f"{report.prefix}/" if report.prefix else "")
         except StoreError as e:
             return fail_early(state, rec, f"cannot write the report to {report}: {e}", ExitCode.STORE_UNREACHABLE)
     return Setup(rec.task_id, legs, _outside_rows(cfg, rec.task_id, outside))
@@ -288,12 +294,14 @@ def _ready(cfg: ExportConfig, leg: Leg, manifest: Manifest, store: S3Store) -> N
                  leg.repository, done.listed, done.forgotten, "y" if done.forgotten == 1 else "ies")
 
 
-def _store(cfg: ExportConfig, url: S3Url) -> S3Store:
+def store_for(cfg: ExportConfig, url: S3Url) -> S3Store:
+    """The store of a repository, its connection pool sized for the transfer settings."""
     t = cfg.transfer
     return S3Store(url.bucket, cfg.s3, pool=t.concurrency + t.parts_in_flight + 4)
 
 
-def _manifest(cfg: ExportConfig, repository: S3Url) -> Manifest:
+def manifest_for(cfg: ExportConfig, repository: S3Url) -> Manifest:
+    """The manifest of what export recorded for one repository of this file system."""
     return Manifest(manifest_dir(cfg.state_dir, cfg.file_system_id, str(repository)))
 
 
@@ -518,7 +526,7 @@ def export(world, cfg: ExportConfig, watch: SignalWatch | None = None) -> ExitCo
     for leg in setup.legs:
         if not leg.failed:
             _run_leg(world, cfg, setup.task_id, leg, scheduler, lock, watch, shard, tally)
-    lost = shard.finish(None if cfg.dry_run else _store(cfg, cfg.report_path), cfg.report_path, setup.task_id)
+    lost = shard.finish(None if cfg.dry_run else store_for(cfg, cfg.report_path), cfg.report_path, setup.task_id)
     ends = world.allgather((tally, shard.fault, lost))  # every shard is written before rank 0 combines them
     code = None
     if world.rank == 0:
@@ -527,7 +535,7 @@ def export(world, cfg: ExportConfig, watch: SignalWatch | None = None) -> ExitCo
         if fault is not None:
             with lock:
                 scheduler.halt(fault)
-        code = _finish(cfg, state, _store(cfg, cfg.report_path), scheduler, monitor,
+        code = _finish(cfg, state, store_for(cfg, cfg.report_path), scheduler, monitor,
                        [t for t, _, _ in ends], next((x for _, _, x in ends if x), ""))
     return world.bcast(code)
 
@@ -577,14 +585,14 @@ def _run_leg(world, cfg: ExportConfig, task_id: str, leg: Leg, scheduler: Schedu
     from .parallel import run_work
 
     t = cfg.transfer
-    store = _store(cfg, leg.repository)
+    store = store_for(cfg, leg.repository)
     store.checksum = leg.caps.crc32 and cfg.s3.checksum != "none"
-    manifest = _manifest(cfg, leg.repository)
+    manifest = manifest_for(cfg, leg.repository)
     reader = manifest.reader()
     delta = NoDelta() if cfg.dry_run else manifest.delta_log(task_id, world.rank)  # a dry run records nothing
     transfer = Transfer(leg.fs_root, leg.repository, store, LayoutSource(t.lfs, t.stripe_size),
                         TransferOptions.of(t, cfg.s3.max_object_size),
-                        rank=world.rank, skip=_skip_set(cfg, leg.fs_root), manifest=reader, delta=delta,
+                        rank=world.rank, skip=skip_set(cfg, leg.fs_root), manifest=reader, delta=delta,
                         full=cfg.full, events=TASK_EVENTS | ({"DELETED"} if cfg.delete else set()),
                         dry_run=cfg.dry_run)
     if world.rank == 0:
@@ -754,6 +762,5 @@ def _upload_report(store: S3Store, report: S3Url, task_id: str, paths: dict[str,
                       "(a copy is in %s)", name, store.bucket, base + name, e, path)
             lost = lost or f"{name}: {e}"
     return lost
-
 
 

@@ -105,3 +105,41 @@ def one_line(text: str) -> str:
     except UnicodeEncodeError:  # a lone surrogate that no file name decodes to
         text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     return _CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}", text)
+
+
+@dataclass(frozen=True, slots=True)
+class PosixHeaders:
+    """The POSIX metadata an object's headers carry, as numbers (None where a header is
+    absent or unreadable). `mtime_unit` is the resolution of `mtime_ns`: 1 for a value
+    in ns, 1,000,000 for one in milliseconds."""
+
+    mode: int | None
+    uid: int | None
+    gid: int | None
+    mtime_ns: int | None
+    mtime_unit: int = 1
+
+
+def read_posix_headers(meta: dict[str, str]) -> PosixHeaders | None:
+    """The file-* user metadata of an object (x-amz-meta- removed), read as FSx reads it
+    (I-3, facts §9): the mode as octal whatever its padding, a time ending in `ns` as
+    nanoseconds and any other as milliseconds. None when the object has none of them."""
+    if not any(k in meta for k in ("file-permissions", "file-owner", "file-group", "file-mtime")):
+        return None
+
+    def number(name: str, base: int = 10) -> int | None:
+        try:
+            return int(meta[name].strip(), base)
+        except (KeyError, ValueError):
+            return None
+
+    mtime, unit = meta.get("file-mtime", "").strip(), 1
+    if mtime.endswith("ns"):
+        mtime = mtime[:-2]
+    else:
+        unit = 1_000_000
+    try:
+        mtime_ns: int | None = int(mtime) * unit
+    except ValueError:
+        mtime_ns = None
+    return PosixHeaders(number("file-permissions", 8), number("file-owner"), number("file-group"), mtime_ns, unit)

@@ -282,3 +282,21 @@ def write_virtual_h5(path: str, shards: list[str], attrs: dict) -> None:
         f.attrs["entries"] = total
         f.attrs["shards"] = len(shards)
     _atomic_h5(path, fill)
+
+
+def write_text_table_h5(path: str, columns: tuple[str, ...], chunks: Iterator[list[list[str]]], attrs: dict) -> None:
+    """A table of text columns (one dataset per column under /entries), built chunk by chunk:
+    e.g. verify's differences, read back from its CSV."""
+    def fill(h5py, np, f) -> None:
+        text = h5py.string_dtype("utf-8")
+        g = f.create_group("entries")
+        ds = {c: g.create_dataset(c, shape=(0,), maxshape=(None,), dtype=text, chunks=(_CHUNK,)) for c in columns}
+        n = 0
+        for rows in chunks:
+            for i, c in enumerate(columns):
+                ds[c].resize((n + len(rows),))
+                ds[c][n:n + len(rows)] = np.asarray([r[i] for r in rows], dtype=object)
+            n += len(rows)
+        f.attrs.update(attrs)
+        f.attrs["entries"] = n
+    _atomic_h5(path, fill)

@@ -48,3 +48,25 @@ def test_only_the_error_check_when_no_field_is_wanted():
     assert f.answer_field("complete", "POST", "k", None, b"<x/>", query={"uploadId": "u"}) == ""
     with pytest.raises(RetryableStoreError, match="SlowDown"):
         f.answer_field("complete", "POST", "k", None, b"<x/>", query={"uploadId": "u"})
+
+
+def test_list_dir_reads_url_encoded_pages(monkeypatch):
+    """verify's one-level listing on the signed path: keys and common prefixes URL-decoded
+    (a '+' is a space, %2B a plus, control characters come through), pages followed."""
+    from pfsxport.config import S3Settings
+    from pfsxport.store import S3Store
+
+    page1 = ("<ListBucketResult><IsTruncated>true</IsTruncated><NextContinuationToken>t&amp;1</NextContinuationToken>"
+             "<Contents><Key>p%2Fa+b%2Bc</Key><Size>3</Size></Contents>"
+             "<Contents><Key>p%2Fnew%0Aline%01</Key><Size>0</Size></Contents>"
+             "<CommonPrefixes><Prefix>p%2Fd%2F</Prefix></CommonPrefixes></ListBucketResult>")
+    page2 = ("<ListBucketResult><IsTruncated>false</IsTruncated><Contents><Key>p%2F%C3%A9</Key><Size>7</Size>"
+             "</Contents></ListBucketResult>")
+    s = Scripted([answer(page1), answer(page2)])
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "a")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    store = S3Store("b", S3Settings(endpoint_url=f"http://127.0.0.1:{s.port}", region="us-east-1"))
+    assert store.list_dir("p/") == ({"p/a b+c": 3, "p/new\nline\x01": 0, "p/é": 7}, ["p/d/"])
+    first, second = (r[1].decode() for r in s.requests)
+    assert first.startswith("GET /b?delimiter=%2F&encoding-type=url&list-type=2&prefix=p%2F HTTP/1.1")
+    assert "continuation-token=t%261" in second.split("\r\n")[0]
