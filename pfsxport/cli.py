@@ -635,9 +635,9 @@ def _run_import(args, watch) -> int:
         return e.exit_code
     import shutil
 
-    from .fetch import FetchOptions
     from .importjob import run_import
     from .plan import parse_size
+    from .restore import FetchOptions
 
     t = cfg.transfer
     lfs = None if t.lfs == "off" else shutil.which("lfs") if t.lfs == "auto" else t.lfs

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 from .config import ExportConfig
 from .errors import ExitCode, InputError, StateError, StoreError, TaskError
-from .fetch import FetchOptions, Importer
 from .halt import SignalWatch
 from .importmanifest import ImportManifest, manifest_dir
 from .job import (
@@ -43,6 +42,7 @@ from .lifecycle import TaskLifecycle, end_state
 from .metadata import S3Url, parse_s3_url, printable
 from .parallel import share_queue
 from .report import FAILURES, REPORT_CSV, REPORT_H5, combine
+from .restore import FetchOptions, Importer
 from .share import Tally
 from .state import IMPORT_TASK_TYPE, StateDir, TaskRecord, new_task_id
 from .store import S3Store
@@ -407,7 +407,7 @@ def _run_leg(world, leg: ImportLeg, store: S3Store, importer: Importer,
     if manifest is not None:
         manifest.close()
     faults = world.allgather(fault or importer.fault)
-    importer.sweep(importer.touched)  # every rank is done writing
+    importer.target.sweep(importer.touched)  # every rank is done writing
     importer.close()
     if world.rank == 0 and manifest is not None and not any(faults):
         try:

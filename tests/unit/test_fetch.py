@@ -1,4 +1,4 @@
-"""fetch.Importer against an in-memory store: objects that change while they come down, torn
+"""restore.Importer against an in-memory store: objects that change while they come down, torn
 downloads, symlinks already in the target, --no-overwrite and --metadata-only."""
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import stat
 import threading
 
 from pfsxport.errors import StoreError
-from pfsxport.fetch import TMP_PREFIX, FetchOptions, Importer
 from pfsxport.metadata import S3Url
 from pfsxport.model import RowStatus
+from pfsxport.restore import TMP_PREFIX, FetchOptions, Importer
 from pfsxport.store import Fetched, Listed
 
 MODE = {"file-permissions": "0100640", "file-mtime": "1600000000123456789ns", "file-atime": "1600000000000000000ns"}
@@ -200,7 +200,7 @@ def test_sweep_removes_what_a_killed_job_left(tmp_path):
     imp.take(store.put("d/f", b"x"))
     imp.finish()
     assert imp.touched == {"d"}
-    assert imp.sweep(imp.touched) == 1 and imp.sweep([""]) == 1
+    assert imp.target.sweep(imp.touched) == 1 and imp.target.sweep([""]) == 1
     imp.close()
     assert sorted(os.listdir(tmp_path)) == ["d"] and os.listdir(tmp_path / "d") == ["f"]
 
@@ -234,7 +234,7 @@ def test_a_report_that_cannot_be_written_stops_the_rank(tmp_path):
 
 
 def test_stripe_options():
-    from pfsxport.fetch import GiB, stripe_options
+    from pfsxport.restore.write import GiB, stripe_options
 
     assert stripe_options(GiB - 1, "auto", 64 << 20) is None
     assert stripe_options(GiB, "auto", 64 << 20) == ["-c", "1"]
