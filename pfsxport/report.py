@@ -286,13 +286,18 @@ def write_virtual_h5(path: str, shards: list[str], attrs: dict) -> None:
 
 def write_text_table_h5(path: str, columns: tuple[str, ...], chunks: Iterator[list[list[str]]], attrs: dict) -> None:
     """A table of text columns (one dataset per column under /entries), built chunk by chunk:
-    e.g. verify's differences, read back from its CSV."""
-    def fill(h5py, np, f) -> None:
+    e.g. verify's differences, read back from its CSV; reopened as write_h5 does."""
+    def fill(h5py, np, f, reopen) -> None:
         text = h5py.string_dtype("utf-8")
         g = f.create_group("entries")
-        ds = {c: g.create_dataset(c, shape=(0,), maxshape=(None,), dtype=text, chunks=(_CHUNK,)) for c in columns}
-        n = 0
+        for c in columns:
+            g.create_dataset(c, shape=(0,), maxshape=(None,), dtype=text, chunks=(_CHUNK,))
+        n = since = 0
         for rows in chunks:
+            if since >= _REOPEN:
+                f, since = reopen(), 0
+            ds = f["entries"]
+            since += len(rows)
             for i, c in enumerate(columns):
                 ds[c].resize((n + len(rows),))
                 ds[c][n:n + len(rows)] = np.asarray([r[i] for r in rows], dtype=object)

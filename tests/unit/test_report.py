@@ -253,3 +253,17 @@ def test_report_writer_on_a_full_file_system_raises_and_leaves_no_spill(tmp_path
     with pytest.raises(StateError):
         w.finish()
     assert sorted(os.listdir(d / SHARDS)) == ["rank-00000.csv", "rank-00000.failures.csv"]  # no spill, no .tmp
+
+
+@pytest.mark.parametrize("reopen", [10**9, 2000])
+def test_a_text_table_reads_back_whole(tmp_path, monkeypatch, reopen):
+    import pfsxport.report
+    from pfsxport.report import read_columns, write_text_table_h5
+
+    monkeypatch.setattr(pfsxport.report, "_REOPEN", reopen)
+    rows = [[f"p{i}\n", "missing" if i % 2 else "extra"] for i in range(9000)]
+    out = str(tmp_path / "t.h5")
+    write_text_table_h5(out, ("path", "difference"), iter([rows[i:i + 2500] for i in range(0, 9000, 2500)]), {})
+    got = read_columns(out, ("path", "difference"))
+    assert list(got["path"]) == [r[0] for r in rows] and list(got["difference"]) == [r[1] for r in rows]
+    assert got["attrs"]["entries"] == 9000
