@@ -22,17 +22,21 @@ from .metadata import one_line
 log = logging.getLogger("pfsxport")
 
 # command-line flag -> config key (None values are "not given" and leave the file's value)
+# the options of every command that talks to a store (as the boto3 chain names them)
+STORE_FLAGS = {
+    "endpoint_url": "s3.endpoint_url", "region": "s3.region", "profile": "s3.profile",
+    "addressing_style": "s3.addressing_style", "sign_payload": "s3.sign_payload", "file_system_id": "file_system_id",
+}
 EXPORT_FLAGS = {
+    **STORE_FLAGS,
     "fs_root": "fs_root", "repository": "repository", "report_path": "report_path",
-    "state_dir": "state_dir", "endpoint_url": "s3.endpoint_url", "region": "s3.region",
-    "profile": "s3.profile", "addressing_style": "s3.addressing_style", "checksum": "s3.checksum",
-    "sign_payload": "s3.sign_payload",
+    "state_dir": "state_dir", "checksum": "s3.checksum",
     "max_object_size": "s3.max_object_size", "part_size": "transfer.part_size",
     "multipart_threshold": "transfer.multipart_threshold", "stripe_size": "transfer.stripe_size",
     "concurrency": "transfer.concurrency", "parts_in_flight": "transfer.parts_in_flight",
     "reads_per_ost": "transfer.reads_per_ost",
     "lfs": "transfer.lfs", "progress": "progress.mode", "progress_interval": "progress.interval",
-    "file_system_id": "file_system_id", "full": "full", "delete": "delete",
+    "full": "full", "delete": "delete",
     "reconcile": "reconcile", "dry_run": "dry_run", "cancel_grace": "transfer.cancel_grace",
     "metrics_textfile": "metrics.textfile",
 }
@@ -40,11 +44,10 @@ EXPORT_FLAGS = {
 
 # `pfsxport import`: command-line flag -> config key
 IMPORT_FLAGS = {
+    **STORE_FLAGS,
     "fs_root": "fs_root", "repository": "repository", "report_path": "report_path", "state_dir": "state_dir",
-    "endpoint_url": "s3.endpoint_url", "region": "s3.region", "profile": "s3.profile",
-    "addressing_style": "s3.addressing_style", "sign_payload": "s3.sign_payload", "part_size": "transfer.part_size",
-    "concurrency": "transfer.concurrency", "parts_in_flight": "transfer.parts_in_flight",
-    "file_system_id": "file_system_id", "cancel_grace": "transfer.cancel_grace",
+    "part_size": "transfer.part_size", "concurrency": "transfer.concurrency",
+    "parts_in_flight": "transfer.parts_in_flight", "cancel_grace": "transfer.cancel_grace",
     "progress": "progress.mode", "progress_interval": "progress.interval", "lfs": "transfer.lfs",
 }
 
@@ -66,6 +69,17 @@ def _setup_logging(rank: int = 0) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _store_options(p: argparse.ArgumentParser) -> None:
+    """The options of STORE_FLAGS."""
+    p.add_argument("--endpoint-url", help="S3 endpoint (default: the boto3 chain, e.g. AWS_ENDPOINT_URL)")
+    p.add_argument("--region")
+    p.add_argument("--profile", help="AWS profile for credentials")
+    p.add_argument("--addressing-style", choices=["auto", "path", "virtual"])
+    p.add_argument("--sign-payload", choices=["auto", "always", "never"],
+                   help="SigV4 hash of each body: auto signs over http only (default)")
+    p.add_argument("--file-system-id", help="fs-... id to record (default: derived from --fs-root)")
+
+
 def _export_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config file (see configs/); command-line options win")
     p.add_argument("--fs-root", help="the file-system mount (or tree) that task paths are relative to")
@@ -74,13 +88,8 @@ def _export_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report-path", help="s3://BUCKET/PREFIX for {TaskId}/failures.csv "
                    "(default: s3://BUCKET/pfsxport-reports)")
     p.add_argument("--state-dir", help="task records and reports (default: $PFSXPORT_STATE_DIR or ~/.pfsxport)")
-    p.add_argument("--endpoint-url", help="S3 endpoint (default: the boto3 chain, e.g. AWS_ENDPOINT_URL)")
-    p.add_argument("--region")
-    p.add_argument("--profile", help="AWS profile for credentials")
-    p.add_argument("--addressing-style", choices=["auto", "path", "virtual"])
+    _store_options(p)
     p.add_argument("--checksum", choices=["auto", "crc32", "none"])
-    p.add_argument("--sign-payload", choices=["auto", "always", "never"],
-                   help="SigV4 hash of each body: auto signs over http only (default)")
     p.add_argument("--max-object-size", help="largest object the store takes (default 5TiB)")
     p.add_argument("--part-size", help="target multipart part size, rounded up to the stripe size (default 16MiB)")
     p.add_argument("--multipart-threshold", help="files above this go multipart (default 64MiB)")
@@ -93,7 +102,6 @@ def _export_options(p: argparse.ArgumentParser) -> None:
                    "before open uploads are aborted (default 15)")
     p.add_argument("--progress", choices=["auto", "bar", "log", "off"])
     p.add_argument("--progress-interval", help="seconds between progress lines (default 10)")
-    p.add_argument("--file-system-id", help="fs-... id to record (default: derived from --fs-root)")
     p.add_argument("--full", action="store_true", default=None,
                    help="export every entry, not only those new or changed since their last export")
     p.add_argument("--delete", action="store_true", default=None,
@@ -145,15 +153,10 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--report-path", help="s3://BUCKET/PREFIX for {TaskId}/report.csv "
                    "(default: s3://BUCKET/pfsxport-reports)")
     i.add_argument("--state-dir", help="task records and reports (default: $PFSXPORT_STATE_DIR or ~/.pfsxport)")
-    i.add_argument("--endpoint-url", help="S3 endpoint (default: the boto3 chain, e.g. AWS_ENDPOINT_URL)")
-    i.add_argument("--region")
-    i.add_argument("--profile", help="AWS profile for credentials")
-    i.add_argument("--addressing-style", choices=["auto", "path", "virtual"])
-    i.add_argument("--sign-payload", choices=["auto", "always", "never"])
+    _store_options(i)
     i.add_argument("--part-size", help="objects above this come down as ranged GETs of this size (default 16MiB)")
     i.add_argument("--concurrency", help="objects in flight per rank (default 64)")
     i.add_argument("--parts-in-flight", help="ranged GETs in flight per rank (default 8)")
-    i.add_argument("--file-system-id", help="fs-... id to record (default: derived from --fs-root)")
     i.add_argument("--cancel-grace", help="after SIGTERM or SIGINT, seconds objects in flight get to finish")
     i.add_argument("--progress", choices=["auto", "log", "off"], help="progress lines in the log (default auto: on)")
     i.add_argument("--progress-interval", help="seconds between progress lines (default 10)")
@@ -189,10 +192,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="an entry unchanged since its export (its lstat is the manifest's record) whose object is "
                         "listed with its size matches without a HEAD or a read: a listing-only check of an "
                         "unchanged tree, which trusts that nobody rewrote its objects in the bucket")
-    for flag in ("--endpoint-url", "--region", "--profile", "--file-system-id"):
-        v.add_argument(flag)
-    v.add_argument("--addressing-style", choices=["auto", "path", "virtual"])
-    v.add_argument("--sign-payload", choices=["auto", "always", "never"])
+    _store_options(v)
     v.add_argument("--concurrency", help="objects compared at a time per rank (default 64)")
     v.add_argument("paths", nargs="*", metavar="PATH", help="paths relative to --fs-root (default: all)")
 
@@ -255,13 +255,8 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--config", help="YAML config file (fs_root, state_dir, s3.*, transfer.*, auto_export.*)")
     x.add_argument("--fs-root", help="the file-system mount the associations' paths lie in")
     x.add_argument("--state-dir")
-    x.add_argument("--file-system-id")
-    x.add_argument("--endpoint-url")
-    x.add_argument("--region")
-    x.add_argument("--profile")
-    x.add_argument("--addressing-style", choices=["auto", "path", "virtual"])
+    _store_options(x)
     x.add_argument("--checksum", choices=["auto", "crc32", "none"])
-    x.add_argument("--sign-payload", choices=["auto", "always", "never"])
     x.add_argument("--concurrency", help="requests in flight (default 64)")
     x.add_argument("--lfs", help="path of `lfs`, 'auto' (PATH) or 'off'")
     x.add_argument("--source", choices=["auto", "inotify", "changelog", "poll"],
@@ -575,9 +570,8 @@ def _run_export(args, watch) -> int:
 
 
 VERIFY_FLAGS = {
-    "fs_root": "fs_root", "repository": "repository", "state_dir": "state_dir", "endpoint_url": "s3.endpoint_url",
-    "region": "s3.region", "profile": "s3.profile", "addressing_style": "s3.addressing_style",
-    "sign_payload": "s3.sign_payload", "concurrency": "transfer.concurrency", "file_system_id": "file_system_id",
+    **STORE_FLAGS,
+    "fs_root": "fs_root", "repository": "repository", "state_dir": "state_dir", "concurrency": "transfer.concurrency",
 }
 
 
@@ -678,9 +672,8 @@ def _plot(args) -> int:
 
 
 AUTO_EXPORT_FLAGS = {
-    "fs_root": "fs_root", "state_dir": "state_dir", "file_system_id": "file_system_id",
-    "endpoint_url": "s3.endpoint_url", "region": "s3.region", "profile": "s3.profile",
-    "addressing_style": "s3.addressing_style", "checksum": "s3.checksum", "sign_payload": "s3.sign_payload",
+    **STORE_FLAGS,
+    "fs_root": "fs_root", "state_dir": "state_dir", "checksum": "s3.checksum",
     "concurrency": "transfer.concurrency",
     "lfs": "transfer.lfs", "source": "auto_export.source", "changelog_mdt": "auto_export.changelog_mdt",
     "changelog_user": "auto_export.changelog_user", "debounce": "auto_export.debounce",
