@@ -43,7 +43,7 @@ What it does, on ONE SeaweedFS (pfsxport.localstore.SeaweedFS, started in a temp
 6. Where the time goes (unless --no-profile), for the largest tree:
    - phases: --repeat no-change re-exports per R under bench/phases.py, which times pfsxport's own
      functions from the outside (MPI init, S3Store.__init__, _prepare/probe, the walk, Transfer.scan,
-     scan_dir, Reader.directory, Transfer.changed, _finish/write_h5/_upload_report, ...): median wall and
+     scan_dir, Reader.directory, Transfer.changed, _finish/write_h5/upload_report, ...): median wall and
      thread-CPU seconds per rank;
    - per-entry costs: the pieces of a no-change scan run in one thread in this process (find's C lstat
      walk, Python scandir + lstat, pfsxport's scan_dir, Reader.directory, Transfer.scan, and a lean
@@ -758,7 +758,7 @@ def render(d: dict) -> str:
                 md.append(f"| {i} | `{fn}` | {s:.3f} | {pct:.1f} |")
     order = ["World.__init__", "S3Store.__init__", "_prepare", "S3Store.probe", "Manifest.merge", "World.bcast",
              "run_work", "Transfer.scan", "scan_dir", "Reader.directory", "Transfer.changed", "World.barrier",
-             "_finish", "write_h5", "_upload_report", "StateDir.write"]
+             "_finish", "write_h5", "upload_report", "StateDir.write"]
     for n, info in d["trees"].items():
         ph = info.get("phases")
         if not ph:

@@ -90,7 +90,7 @@ def main(argv: list[str]) -> int:
         (export_scan.Scanner, "changed", "Scanner.changed (compare)"),
         (job, "_finish", "_finish (rank 0: report, record)"),
         (report, "write_h5", "write_h5 (h5py import, report.h5)"),
-        (job, "_upload_report", "_upload_report (3 PUTs)"),
+        (job, "upload_report", "upload_report (3 PUTs)"),
         (state.StateDir, "write", "StateDir.write"),
     ]
     for owner, attr, name in targets:

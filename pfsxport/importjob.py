@@ -25,18 +25,18 @@ from .errors import ExitCode, InputError, StateError, StoreError, TaskError
 from .halt import SignalWatch
 from .importmanifest import ImportManifest, manifest_dir
 from .job import (
+    ReportShard,
     Stop,
-    _attrs,
-    _end,
-    _exit_code,
-    _prefixed,
-    _Shard,
-    _upload_report,
+    end_record,
+    exit_code_of,
     fail_early,
     linked,
+    prefixed,
     skip_set,
     store_for,
+    task_attrs,
     task_paths,
+    upload_report,
 )
 from .lifecycle import TaskLifecycle, end_state
 from .metadata import S3Url, parse_s3_url, printable
@@ -332,7 +332,7 @@ def run_import(world, cfg: ExportConfig, opts: FetchOptions, watch: SignalWatch 
     monitor = None
     canceled = False
     tally = Tally()
-    shard = _Shard(state.task_dir(setup.task_id), world.rank)
+    shard = ReportShard(state.task_dir(setup.task_id), world.rank)
     lock = threading.Lock()
 
     def rows(batch) -> None:
@@ -366,7 +366,7 @@ def run_import(world, cfg: ExportConfig, opts: FetchOptions, watch: SignalWatch 
         except StateError as e:
             log.error("%s", e)
             manifest, fault = None, e
-        importer = Importer(leg.fs_root, leg.repository, store, opts, world.rank, _prefixed(rows, leg.prefix),
+        importer = Importer(leg.fs_root, leg.repository, store, opts, world.rank, prefixed(rows, leg.prefix),
                             stopping, manifest, skip_set(cfg, leg.fs_root))
         with lock:
             current[0] = importer
@@ -432,14 +432,14 @@ def _finish(cfg: ExportConfig, state: StateDir, rec: TaskRecord, ends: list) -> 
         if final is TaskLifecycle.FAILED else ""
     if fault is not None and not canceled:
         final, message = TaskLifecycle.FAILED, str(fault)
-    _end(rec, final, message)
+    end_record(rec, final, message)
     lost = next((x for _, _, _, x in ends if x), "")
     try:
-        paths = _write_names(combine(state.task_dir(rec.task_id), rec.ranks, _attrs(rec)))
-        lost = _upload_report(store_for(cfg, cfg.report_path), cfg.report_path, rec.task_id, paths) or lost
+        paths = _write_names(combine(state.task_dir(rec.task_id), rec.ranks, task_attrs(rec)))
+        lost = upload_report(store_for(cfg, cfg.report_path), cfg.report_path, rec.task_id, paths) or lost
     except (StateError, OSError) as e:
         log.error("the completion report of task %s could not be written: %s", rec.task_id, e)
-    code = _exit_code(final)
+    code = exit_code_of(final)
     if lost and final is not TaskLifecycle.CANCELED:
         rec.lifecycle = TaskLifecycle.EXECUTING  # the end is written again, as FAILED
         rec.fail(f"the completion report could not be written to {cfg.report_path}/{rec.task_id}/ ({lost})")

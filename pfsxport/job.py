@@ -318,13 +318,14 @@ def fail_early(state: StateDir, rec: TaskRecord, message: str, code: ExitCode, n
     state.write_last(rec)
     try:
         ReportWriter(state.task_dir(rec.task_id), 0).finish()
-        named(combine(state.task_dir(rec.task_id), 1, _attrs(rec)))
+        named(combine(state.task_dir(rec.task_id), 1, task_attrs(rec)))
     except (StateError, OSError) as e:
         log.error("no local report for task %s: %s", rec.task_id, e)
     return Stop(code)
 
 
-def _attrs(rec: TaskRecord) -> dict:
+def task_attrs(rec: TaskRecord) -> dict:
+    """The task's fields as report attributes (scalars only)."""
     d = rec.to_fsx()
     out = {k: v for k, v in d.items() if isinstance(v, (str, int, float))}
     out.update({f"Status.{k}": v for k, v in d["Status"].items()})
@@ -421,7 +422,7 @@ class Monitor(threading.Thread):
                         self.rec.end_time = self.rec.last_updated = time.time()
                     if self.report_so_far is not None:
                         try:
-                            self.report_so_far(_attrs(self.rec))
+                            self.report_so_far(task_attrs(self.rec))
                         except StateError as e:
                             log.error("no local report for task %s: %s", self.rec.task_id, e)
                     self.settled = self.rec
@@ -431,7 +432,7 @@ class Monitor(threading.Thread):
         log.error("task %s: the job did not stop within %g s of the abort: ending it now (an upload left open "
                   "is aborted by the next export)", self.rec.task_id, ABORT_WAIT)
         if self.end_job is not None:
-            self.end_job(_exit_code(self.rec.lifecycle) if self.ended else ExitCode.CANCELED)
+            self.end_job(exit_code_of(self.rec.lifecycle) if self.ended else ExitCode.CANCELED)
 
     def refresh(self) -> None:
         with self.lock:
@@ -508,7 +509,7 @@ def export(world, cfg: ExportConfig, watch: SignalWatch | None = None) -> ExitCo
     lock = threading.Lock()
     scheduler = monitor = None
     tally = Tally()  # this rank's counts; its rows go to its own report shard
-    shard = _Shard(state.task_dir(setup.task_id), world.rank)
+    shard = ReportShard(state.task_dir(setup.task_id), world.rank)
     # the report's import runs beside the walk, where other ranks take up the slack, not at the end
     threading.Thread(target=report_preload, name="pfsxport-preload", daemon=True).start()
     if world.rank == 0:
@@ -540,7 +541,7 @@ def export(world, cfg: ExportConfig, watch: SignalWatch | None = None) -> ExitCo
     return world.bcast(code)
 
 
-class _Shard:
+class ReportShard:
     """This rank's part of the task's report (report.ReportWriter); a shard that cannot be
     written keeps its fault, which reaches the scheduler through the worker (`add` raises)."""
 
@@ -575,11 +576,11 @@ class _Shard:
             self.fault = self.fault or e
             return ""
         name = os.path.relpath(path, os.path.dirname(os.path.dirname(path)))  # shards/rank-NNNNN.h5
-        return _upload_report(store, report, task_id, {name: path}) if store is not None else ""
+        return upload_report(store, report, task_id, {name: path}) if store is not None else ""
 
 
 def _run_leg(world, cfg: ExportConfig, task_id: str, leg: Leg, scheduler: Scheduler | None,
-             lock: threading.Lock, watch: SignalWatch, shard: _Shard, tally: Tally) -> None:
+             lock: threading.Lock, watch: SignalWatch, shard: ReportShard, tally: Tally) -> None:
     """Collective: export one leg's paths to its repository; its manifest is merged at the end.
     Each rank's rows go to its `shard` and its counts to `tally`."""
     from .parallel import run_work
@@ -601,7 +602,7 @@ def _run_leg(world, cfg: ExportConfig, task_id: str, leg: Leg, scheduler: Schedu
     world.barrier()  # the leg's first units are queued before any rank asks for work
     traffic = run_work(world, scheduler, lock,
                        lambda ch, peers: Worker(transfer, ch, t.concurrency, t.parts_in_flight, delta.flush,
-                                                rows=_prefixed(shard.add, leg.prefix), tally=tally, watch=watch,
+                                                rows=prefixed(shard.add, leg.prefix), tally=tally, watch=watch,
                                                 peers=peers), STOP)
     if world.rank == 0:
         if world.size > 1:
@@ -639,7 +640,7 @@ def _joined(prefix: str, path: str) -> str:
     return f"{prefix}/{path}" if prefix and path else prefix or path
 
 
-def _prefixed(sink, prefix: str):
+def prefixed(sink, prefix: str):
     """Report rows of a leg carry paths relative to the task's root, not the leg's."""
     if not prefix:
         return sink
@@ -691,15 +692,15 @@ def _finish(cfg: ExportConfig, state: StateDir, store: S3Store, scheduler: Sched
     if scheduler.fault is not None and rec.lifecycle is TaskLifecycle.EXECUTING:
         final, message = TaskLifecycle.FAILED, str(scheduler.fault)
     planned = dataclasses.replace(rec)
-    _end(planned, final, message)
+    end_record(planned, final, message)
     try:
-        report = combine(state.task_dir(rec.task_id), rec.ranks, _attrs(planned))
+        report = combine(state.task_dir(rec.task_id), rec.ranks, task_attrs(planned))
         monitor.settled, monitor.ended = planned, True
-        lost = "" if cfg.dry_run else _upload_report(store, cfg.report_path, rec.task_id, report) or lost_shard
+        lost = "" if cfg.dry_run else upload_report(store, cfg.report_path, rec.task_id, report) or lost_shard
     except StateError as e:
         log.error("the completion report of task %s could not be written: %s", rec.task_id, e)
         lost = ""
-    code = _exit_code(final)
+    code = exit_code_of(final)
     where = state.task_dir(rec.task_id) + "/ (a dry run: not in the bucket)" if cfg.dry_run else \
         f"{cfg.report_path}/{rec.task_id}/"
     if lost:  # the record and the exit code say so; the state directory keeps the copy
@@ -708,7 +709,7 @@ def _finish(cfg: ExportConfig, state: StateDir, store: S3Store, scheduler: Sched
             lost = f"the completion report could not be written to {cfg.report_path}/{rec.task_id}/ ({lost})"
             final, message = TaskLifecycle.FAILED, f"{lost}; {message}" if message else lost
             code = ExitCode.STORE_UNREACHABLE
-    _end(rec, final, message)
+    end_record(rec, final, message)
     state.write_last(rec)
     monitor.write_metrics(rec, tallies)
     monitor.ending.release()
@@ -732,12 +733,14 @@ def _finish(cfg: ExportConfig, state: StateDir, store: S3Store, scheduler: Sched
     return code
 
 
-def _exit_code(lifecycle: TaskLifecycle) -> ExitCode:
+def exit_code_of(lifecycle: TaskLifecycle) -> ExitCode:
+    """The exit code of a task that ended in `lifecycle`."""
     return {TaskLifecycle.SUCCEEDED: ExitCode.SUCCEEDED, TaskLifecycle.CANCELED: ExitCode.CANCELED}.get(
         lifecycle, ExitCode.FILES_FAILED)
 
 
-def _end(rec: TaskRecord, final: TaskLifecycle, message: str) -> None:
+def end_record(rec: TaskRecord, final: TaskLifecycle, message: str) -> None:
+    """Move the record to its end state (FAILED with `message`), with its end time."""
     if final is TaskLifecycle.FAILED:
         rec.fail(message)
     else:
@@ -746,7 +749,7 @@ def _end(rec: TaskRecord, final: TaskLifecycle, message: str) -> None:
     rec.last_updated = time.time()
 
 
-def _upload_report(store: S3Store, report: S3Url, task_id: str, paths: dict[str, str]) -> str:
+def upload_report(store: S3Store, report: S3Url, task_id: str, paths: dict[str, str]) -> str:
     """failures.csv, report.csv and report.h5 under {ReportPath}/{TaskId}/ (R-2); returns
     the store's error for the first file that could not be written, "" when all went."""
     base = f"{report.prefix}/{task_id}/" if report.prefix else f"{task_id}/"
