@@ -530,13 +530,13 @@ def _collective(world, run) -> int:
         return ExitCode.INTERNAL
 
 
-def _export(args) -> int:
-    """SIGTERM and SIGINT cancel the task from here on (see halt and job.Monitor); the previous
-    handlers are back once the export has ended."""
+def _watched(run, args) -> int:
+    """`run(args, watch)` with SIGTERM and SIGINT cancelling the task from here on (see halt and
+    job.Monitor); the previous handlers are back once it has ended."""
     from .halt import SignalWatch
 
     with SignalWatch() as watch:
-        return _run_export(args, watch)
+        return run(args, watch)
 
 
 def _run_export(args, watch) -> int:
@@ -575,16 +575,9 @@ VERIFY_FLAGS = {
 }
 
 
-def _verify(args) -> int:
+def _run_verify(args, watch) -> int:
     """`pfsxport verify` on every rank: the config as export reads it, then verify.verify.
     SIGTERM and SIGINT stop it (exit 4)."""
-    from .halt import SignalWatch
-
-    with SignalWatch() as watch:
-        return _run_verify(args, watch)
-
-
-def _run_verify(args, watch) -> int:
     from .parallel import World
 
     world = World()
@@ -602,15 +595,8 @@ def _run_verify(args, watch) -> int:
     return _collective(world, lambda: verify(world, cfg, args.contents, args.report_dir, watch, args.quick))
 
 
-def _import(args) -> int:
-    """`pfsxport import`: SIGTERM and SIGINT cancel the task, as for export."""
-    from .halt import SignalWatch
-
-    with SignalWatch() as watch:
-        return _run_import(args, watch)
-
-
 def _run_import(args, watch) -> int:
+    """`pfsxport import` on every rank: SIGTERM and SIGINT cancel the task, as for export."""
     from .parallel import World
 
     world = World()
@@ -711,11 +697,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(_join_command_line_values(sys.argv[1:] if argv is None else argv))
     try:
         if args.command == "export":
-            return _export(args)
+            return _watched(_run_export, args)
         if args.command == "import":
-            return _import(args)
+            return _watched(_run_import, args)
         if args.command == "verify":
-            return _verify(args)
+            return _watched(_run_verify, args)
         _setup_logging()
         if args.command == "task":
             return _task(args)
